@@ -1,0 +1,216 @@
+"""The `edgevit` command line. Each subcommand is a thin shell over a pipeline module."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+from . import __version__, ui
+from .errors import EdgevitError
+
+
+def _human(n: float, unit: str = "") -> str:
+    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{suffix}{unit}"
+    return f"{n:.0f}{unit}"
+
+
+def _bytes(n: int) -> str:
+    for div, suffix in ((1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
+        if n >= div:
+            return f"{n / div:.2f} {suffix}"
+    return f"{n} B"
+
+
+# ----------------------------------------------------------------------------------------------- models
+def cmd_models(args) -> int:
+    from rich.table import Table
+
+    from . import zoo
+
+    entries = list(zoo.entries().values())
+    if args.family:
+        known = zoo.families()
+        if args.family not in known:
+            raise EdgevitError(f"unknown family '{args.family}'; families: {', '.join(known)}")
+        entries = [e for e in entries if e.family == args.family]
+    rows = [zoo.stats(e.name) for e in ui.track(entries, "computing params/MACs")]
+    for row, e in zip(rows, entries):
+        row["paper"] = e.paper
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    table = Table(title=f"edgevit zoo: {len(rows)} models, {len({r['family'] for r in rows})} families")
+    for col, justify in (("model", "left"), ("family", "left"), ("input", "right"),
+                         ("params", "right"), ("MACs", "right")):
+        table.add_column(col, justify=justify)
+    for r in rows:
+        table.add_row(r["name"], r["family"], "x".join(map(str, r["input_size"])),
+                      _human(r["params"]), _human(r["macs"]))
+    ui.console.print(table)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------- export
+def cmd_export(args) -> int:
+    from .artifacts import atomic_path, md_table, write_report
+    from .frontend.export import export
+    from .frontend.source import resolve
+
+    output = Path(args.output)
+    if output.suffix != ".onnx":
+        raise EdgevitError(f"-o {output}: the output must end in .onnx")
+    source = resolve(args.model)
+    result = export(source, tuple(args.input_size) if args.input_size else None, args.batch, args.opset,
+                    args.tolerance, args.samples, args.exporter)
+    import onnx
+
+    with atomic_path(output) as tmp:
+        onnx.save(result.model, str(tmp))
+    summary = result.summary()
+    md = "\n".join([
+        f"# edgevit export: {source.spec}",
+        "",
+        md_table(["output", "opset", "exporter", "nodes", "max abs err", "rel err"],
+                 [[output.name, result.opset, result.exporter, summary["nodes"],
+                   f"{result.parity.max_abs:.3g}", f"{result.parity.rel:.3g}"]]),
+    ])
+    json_path, _ = write_report(output, "export", {"output": str(output), **summary}, md)
+    ui.console.print(f"[bold]wrote[/bold] {output} ({len(result.model.graph.node)} nodes); report {json_path}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- analyze
+def _load_for_analysis(args):
+    """An ONNX model for MODEL: loaded as is, or exported first (zoo name / python factory)."""
+    import onnx
+
+    from .frontend.export import export, simplify
+    from .frontend.source import resolve
+    from .ir import graph as G
+
+    source = resolve(args.model)
+    size = tuple(args.input_size) if args.input_size else None
+    if source.kind == "onnx":
+        model = G.load_onnx(source.path)
+        if not G.is_static(model) or size or args.batch:
+            model = simplify(model, G.static_input_shapes(model, args.batch, size))
+        return source, model
+    result = export(source, size, args.batch or 1, samples=1)
+    return source, result.model
+
+
+def cmd_analyze(args) -> int:
+    from rich.table import Table
+
+    from .artifacts import md_table, write_report
+    from .ir.analysis import analyze
+
+    source, model = _load_for_analysis(args)
+    with ui.step("analyze graph"):
+        a = analyze(model)
+
+    summary = Table(title=f"{source.spec}: {len(a.nodes)} nodes, {_human(a.params)} params "
+                          f"({_bytes(a.param_bytes)}), {_human(a.macs)} MACs")
+    for col in ("op", "count", "MACs", "% MACs"):
+        summary.add_column(col, justify="left" if col == "op" else "right")
+    for op, count in a.op_histogram.items():
+        macs = a.macs_by_op.get(op, 0)
+        summary.add_row(op, str(count), _human(macs) if macs else "-",
+                        f"{100 * macs / a.macs:.1f}" if a.macs and macs else "-")
+    ui.console.print(summary)
+    largest = Table(title=f"largest activations (of {len(a.tensors)} tensors, "
+                          f"{_bytes(sum(t['bytes'] for t in a.tensors.values()))} in all)")
+    for col in ("tensor", "shape", "dtype", "size"):
+        largest.add_column(col, justify="right" if col == "size" else "left")
+    for name, t in a.largest_tensors(args.top):
+        largest.add_row(name, "x".join(map(str, t["shape"])), t["dtype"], _bytes(t["bytes"]))
+    ui.console.print(largest)
+
+    output = Path(args.output) if args.output else Path(f"{source.name}.onnx")
+    md = "\n".join([
+        f"# edgevit analyze: {source.spec}", "",
+        f"{len(a.nodes)} nodes, {a.params} params ({a.param_bytes} bytes), {a.macs} MACs", "",
+        md_table(["op", "count", "MACs"], [[op, c, a.macs_by_op.get(op, 0)] for op, c in a.op_histogram.items()]),
+        "", "Largest activations:", "",
+        md_table(["tensor", "shape", "bytes"],
+                 [[n, "x".join(map(str, t["shape"])), t["bytes"]] for n, t in a.largest_tensors(args.top)]),
+    ])
+    json_path, _ = write_report(output, "analysis", {"model": source.spec, **a.as_dict(args.top)}, md)
+    ui.console.print(f"report {json_path}")
+    if args.json:
+        print(json.dumps({"model": source.spec, **a.as_dict(args.top)}, indent=2, default=str))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- parsing
+def _add_shape_args(p: argparse.ArgumentParser, batch_default: int | None = 1) -> None:
+    p.add_argument("--input-size", nargs=2, type=int, metavar=("H", "W"),
+                   help="input resolution (default: the model's own)")
+    p.add_argument("--batch", type=int, default=batch_default, help="batch size (default: 1)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgevit", description="Deployment compiler for efficient vision transformers.")
+    parser.add_argument("--version", action="version", version=f"edgevit {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("models", help="list the model zoo with params and MACs")
+    p.add_argument("--family", help="only this family (e.g. efficientformer, shvit)")
+    p.add_argument("--json", action="store_true", help="print JSON to stdout instead of a table")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("export", help="export MODEL to a verified static ONNX graph")
+    p.add_argument("model", help="zoo name, path to a .onnx file, or path/to/file.py:factory")
+    p.add_argument("-o", "--output", required=True, help="output .onnx path")
+    _add_shape_args(p)
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
+    p.add_argument("--exporter", default="torchscript", choices=["torchscript", "dynamo"],
+                   help="torch.onnx exporter (default: torchscript; dynamo emits Gelu/LayerNormalization)")
+    p.add_argument("--tolerance", type=float, default=1e-4,
+                   help="max abs error allowed vs PyTorch, as a fraction of the output range (default: 1e-4)")
+    p.add_argument("--samples", type=int, default=2, help="seeded inputs for the parity check (default: 2)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("analyze", help="op histogram, params, MACs, activation sizes")
+    p.add_argument("model", help="zoo name, path to a .onnx file, or path/to/file.py:factory")
+    _add_shape_args(p, batch_default=None)
+    p.add_argument("-o", "--output", help="where the report goes (default: ./<model>.analysis.json)")
+    p.add_argument("--top", type=int, default=10, help="how many of the largest tensors to list")
+    p.add_argument("--json", action="store_true", help="also print the JSON report to stdout")
+    p.set_defaults(func=cmd_analyze)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return args.func(args)
+    except EdgevitError as exc:
+        if args.debug:
+            raise
+        ui.console.print(f"[red]edgevit: error:[/red] {exc}", soft_wrap=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        ui.console.print("edgevit: interrupted")
+        return 130
+    except Exception as exc:  # a bug in edgevit: still one line unless --debug
+        if args.debug:
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        ui.console.print(f"[red]edgevit: internal error:[/red] {type(exc).__name__}: {first} "
+                         "(rerun with --debug for the traceback and please report it)", soft_wrap=True)
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Thin helpers over onnx: load/validate, shapes, numerics, analysis."""

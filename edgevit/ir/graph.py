@@ -1,0 +1,143 @@
+"""Loading, validating and shaping ONNX graphs — the one place that knows the in-memory graph type.
+
+Everything user-supplied goes through `load_onnx`, which turns every way a file can be wrong into a
+one-line `EdgevitError` instead of a protobuf or checker traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from ..errors import EdgevitError
+
+ONNX_TO_NUMPY = {
+    onnx.TensorProto.FLOAT: np.float32,
+    onnx.TensorProto.FLOAT16: np.float16,
+    onnx.TensorProto.DOUBLE: np.float64,
+    onnx.TensorProto.INT8: np.int8,
+    onnx.TensorProto.UINT8: np.uint8,
+    onnx.TensorProto.INT32: np.int32,
+    onnx.TensorProto.INT64: np.int64,
+    onnx.TensorProto.BOOL: np.bool_,
+}
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def load_onnx(path: str | Path, check: bool = True) -> onnx.ModelProto:
+    """Load and validate an ONNX file; every failure is a one-line EdgevitError."""
+    path = Path(path)
+    if not path.exists():
+        raise EdgevitError(f"{path}: no such file")
+    if path.is_dir():
+        raise EdgevitError(f"{path}: is a directory, expected an .onnx file")
+    data = path.read_bytes()
+    if not data:
+        raise EdgevitError(f"{path}: file is empty, not an ONNX model")
+    try:
+        model = onnx.load_from_string(data)
+    except Exception as exc:  # protobuf DecodeError and friends
+        raise EdgevitError(
+            f"{path}: not a valid ONNX file (protobuf parse failed: {_first_line(exc)}); truncated or not ONNX?"
+        ) from None
+    if not model.HasField("graph") or len(model.graph.node) == 0:
+        raise EdgevitError(f"{path}: not an ONNX model (no graph nodes found); truncated or not ONNX?")
+    if check:
+        try:
+            onnx.checker.check_model(model, full_check=False)
+        except Exception as exc:
+            raise EdgevitError(f"{path}: invalid ONNX model: {_first_line(exc)}") from None
+    return model
+
+
+def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """Real inputs: graph inputs that are not initializers (old exporters list weights as inputs)."""
+    inits = {t.name for t in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in inits]
+
+
+def value_shape(vi: onnx.ValueInfoProto) -> list[int | str | None]:
+    dims = []
+    for d in vi.type.tensor_type.shape.dim:
+        if d.HasField("dim_value"):
+            dims.append(d.dim_value)
+        elif d.HasField("dim_param"):
+            dims.append(d.dim_param)
+        else:
+            dims.append(None)
+    return dims
+
+
+def value_dtype(vi: onnx.ValueInfoProto) -> np.dtype:
+    elem = vi.type.tensor_type.elem_type
+    if elem not in ONNX_TO_NUMPY:
+        raise EdgevitError(f"input '{vi.name}' has unsupported element type {onnx.TensorProto.DataType.Name(elem)}")
+    return np.dtype(ONNX_TO_NUMPY[elem])
+
+
+def is_static(model: onnx.ModelProto) -> bool:
+    return all(isinstance(d, int) and d > 0 for vi in graph_inputs(model) for d in value_shape(vi))
+
+
+def static_input_shapes(
+    model: onnx.ModelProto, batch: int | None = None, input_size: tuple[int, int] | None = None
+) -> dict[str, list[int]]:
+    """Concrete shapes for every graph input: dynamic dims filled from --batch / --input-size.
+
+    An image-like input (rank 4) takes batch at dim 0 and H, W at dims 2, 3. Other dynamic dims cannot
+    be guessed, so they are an error naming the input.
+    """
+    shapes = {}
+    for vi in graph_inputs(model):
+        dims = value_shape(vi)
+        fixed = []
+        for axis, d in enumerate(dims):
+            if axis == 0 and batch is not None:
+                d = batch
+            elif len(dims) == 4 and axis in (2, 3) and input_size is not None:
+                d = input_size[axis - 2]
+            if not isinstance(d, int) or d <= 0:
+                if axis == 0:
+                    d = 1  # a symbolic batch dimension defaults to 1
+                else:
+                    raise EdgevitError(
+                        f"input '{vi.name}' has dynamic dim {axis} ({d!r}); give --input-size H W to make it static"
+                    )
+            fixed.append(int(d))
+        shapes[vi.name] = fixed
+    return shapes
+
+
+def seeded_inputs(model: onnx.ModelProto, shapes: dict[str, list[int]], seed: int) -> dict[str, np.ndarray]:
+    """Deterministic inputs for parity checks: standard normal for floats (like normalised images)."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for vi in graph_inputs(model):
+        dtype = value_dtype(vi)
+        shape = shapes[vi.name]
+        if np.issubdtype(dtype, np.floating):
+            feeds[vi.name] = rng.standard_normal(shape).astype(dtype)
+        elif dtype == np.bool_:
+            feeds[vi.name] = rng.integers(0, 2, shape).astype(dtype)
+        else:
+            feeds[vi.name] = rng.integers(0, 8, shape).astype(dtype)
+    return feeds
+
+
+def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """ONNX shape inference with constant propagation; errors become one line."""
+    try:
+        return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+    except Exception as exc:
+        raise EdgevitError(f"shape inference failed: {_first_line(exc)}") from None
+
+
+def initializer_arrays(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}

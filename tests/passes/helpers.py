@@ -1,0 +1,53 @@
+"""Shared checks for pass tests: run one pass on a small model, verify with onnx.checker + onnxruntime."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from edgevit.ir import graph as G
+from edgevit.ir.numerics import Parity, run_ort
+from edgevit.passes.base import Pass
+
+
+@dataclass
+class Outcome:
+    matches: int
+    before: onnx.ModelProto
+    after: onnx.ModelProto
+    parity: Parity
+
+    def ops(self) -> list[str]:
+        return [n.op_type for n in self.after.graph.node]
+
+    def count(self, op_type: str) -> int:
+        return self.ops().count(op_type)
+
+
+def model_from_text(text: str) -> onnx.ModelProto:
+    """An ONNX model from ONNX text syntax (onnx.parser), checked."""
+    model = onnx.parser.parse_model(text)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def apply_pass(p: Pass, model: onnx.ModelProto, samples: int = 3) -> Outcome:
+    """Run `p` on a copy of `model`; the result must pass onnx.checker and match onnxruntime."""
+    irm = ir.from_proto(model)
+    matches = p.run(irm)
+    after = ir.to_proto(irm)
+    onnx.checker.check_model(after, full_check=True)
+    shapes = G.static_input_shapes(model)
+    parity = Parity()
+    for seed in range(samples):
+        feeds = G.seeded_inputs(model, shapes, seed)
+        for r, g in zip(run_ort(model, feeds), run_ort(after, feeds)):
+            parity.update(r, g)
+    return Outcome(matches, model, after, parity)
+
+
+def random_weight(shape, seed=0, scale=0.5) -> np.ndarray:
+    return (np.random.default_rng(seed).standard_normal(shape) * scale).astype(np.float32)
