@@ -47,7 +47,7 @@ def cmd_models(args) -> int:
     table = Table(title=f"edgevit zoo: {len(rows)} models, {len({r['family'] for r in rows})} families")
     for col, justify in (("model", "left"), ("family", "left"), ("input", "right"),
                          ("params", "right"), ("MACs", "right")):
-        table.add_column(col, justify=justify)
+        table.add_column(col, justify=justify, no_wrap=(col == "model"))
     for r in rows:
         table.add_row(r["name"], r["family"], "x".join(map(str, r["input_size"])),
                       _human(r["params"]), _human(r["macs"]))
@@ -147,6 +147,54 @@ def cmd_analyze(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------------------------- optimize
+def _csv(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+def cmd_optimize(args) -> int:
+    import onnx
+    from rich.table import Table
+
+    from .artifacts import atomic_path, md_table, write_report
+    from .passes import pipeline
+
+    if args.list:
+        for p in pipeline.select():
+            ui.console.print(f"{p.name:26s} {p.summary}")
+        return 0
+    if not args.model or not args.output:
+        raise EdgevitError("optimize needs MODEL and -o OUTPUT.onnx (or --list)")
+    output = Path(args.output)
+    if output.suffix != ".onnx":
+        raise EdgevitError(f"-o {output}: the output must end in .onnx")
+    chosen = pipeline.select(_csv(args.passes), _csv(args.skip))
+    source, model = _load_for_analysis(args)
+    optimized, report = pipeline.run(model, chosen, tolerance=args.tolerance, samples=args.samples)
+    with atomic_path(output) as tmp:
+        onnx.save(optimized, str(tmp))
+
+    rows = [[r.name, r.matches, f"{r.before.nodes}→{r.after.nodes}", _human(r.after.params),
+             _human(r.after.macs), f"{r.max_abs:.2g}", r.status] for r in report.passes]
+    headers = ["pass", "matches", "nodes", "params", "MACs", "max abs err", "status"]
+    if args.report:
+        table = Table(title=f"pass report: {source.spec}")
+        for h in headers:
+            table.add_column(h, justify="left" if h in ("pass", "status") else "right")
+        for row in rows:
+            table.add_row(*map(str, row))
+        ui.console.print(table)
+    i, o = report.input, report.output
+    ui.console.print(f"[bold]wrote[/bold] {output}: nodes {i.nodes}→{o.nodes}, params {_human(i.params)}→"
+                     f"{_human(o.params)}, MACs {_human(i.macs)}→{_human(o.macs)}, max abs error "
+                     f"{report.parity.max_abs:.3g} (output range {report.parity.ref_range:.3g})")
+    md = "\n".join([f"# edgevit optimize: {source.spec}", "",
+                     f"nodes {i.nodes} → {o.nodes}; params {i.params} → {o.params}; MACs {i.macs} → {o.macs}; "
+                     f"max abs error vs input graph {report.parity.max_abs:.3g}", "", md_table(headers, rows)])
+    write_report(output, "optimize", {"model": source.spec, "output": str(output), **report.as_dict()}, md)
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------- parsing
 def _add_shape_args(p: argparse.ArgumentParser, batch_default: int | None = 1) -> None:
     p.add_argument("--input-size", nargs=2, type=int, metavar=("H", "W"),
@@ -184,6 +232,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=10, help="how many of the largest tensors to list")
     p.add_argument("--json", action="store_true", help="also print the JSON report to stdout")
     p.set_defaults(func=cmd_analyze)
+    p = sub.add_parser("optimize", help="run the pass pipeline (fold BN, reparameterize, fuse attention, ...)")
+    p.add_argument("model", nargs="?", help="zoo name, path to a .onnx file, or path/to/file.py:factory")
+    p.add_argument("-o", "--output", help="output .onnx path")
+    _add_shape_args(p, batch_default=None)
+    p.add_argument("--passes", help="comma-separated passes to run (default: all, in pipeline order)")
+    p.add_argument("--skip", help="comma-separated passes to leave out")
+    p.add_argument("--list", action="store_true", help="list the passes and exit")
+    p.add_argument("--report", action="store_true", help="print the per-pass report table")
+    p.add_argument("--tolerance", type=float, default=1e-4,
+                   help="max abs error vs the input graph, as a fraction of its output range (default: 1e-4)")
+    p.add_argument("--samples", type=int, default=2, help="seeded inputs for the numeric checks (default: 2)")
+    p.set_defaults(func=cmd_optimize)
     return parser
 
 

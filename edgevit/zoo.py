@@ -113,7 +113,12 @@ def create(name: str, input_size: tuple[int, int] | None = None):
             model = None
     if model is None:
         model = timm.create_model(name, pretrained=False)
-    return make_nondegenerate(model, hw).eval()
+    try:
+        return make_nondegenerate(model, hw)
+    except RuntimeError as exc:  # shape errors: resolution-bound parameters that img_size cannot change
+        first = str(exc).strip().splitlines()[0]
+        raise EdgevitError(f"{name} does not run at input size {hw[0]}x{hw[1]} "
+                           f"(default {entry.input_size[0]}x{entry.input_size[1]}): {first}") from None
 
 
 def make_nondegenerate(model, input_size: tuple[int, int]):
