@@ -195,6 +195,47 @@ def cmd_optimize(args) -> int:
     return 0
 
 
+# -------------------------------------------------------------------------------------- targets/compile
+def cmd_targets(args) -> int:
+    from rich.table import Table
+
+    from . import targets
+
+    known = targets.all_targets()
+    if args.json:
+        print(json.dumps([{"name": t.name, "backend": t.backend, "kind": t.kind, "description": t.description,
+                           **t.options} for t in known.values()], indent=2))
+        return 0
+    table = Table(title=f"edgevit targets ({targets.targets_dir()})")
+    for col in ("target", "backend", "kind", "description"):
+        table.add_column(col, no_wrap=col == "target")
+    for t in known.values():
+        table.add_row(t.name, t.backend, t.kind, t.description)
+    ui.console.print(table)
+    return 0
+
+
+def cmd_compile(args) -> int:
+    import importlib
+
+    from . import targets
+    from .artifacts import atomic_dir, write_report
+    from .passes import pipeline
+
+    target = targets.load(args.target)  # unknown target: fail before any model work
+    backend = importlib.import_module(f"edgevit.backends.{target.backend}")
+    source, model = _load_for_analysis(args)
+    out_dir = Path(args.output or f"out/{source.name}-{target.name}")
+    optimized, pass_report = pipeline.run(model, pipeline.select(_csv(args.passes), _csv(args.skip)))
+    with atomic_dir(out_dir) as tmp:
+        result = backend.compile_model(optimized, target, tmp, name=source.name, args=args)
+        payload = {"model": source.spec, "target": target.name, "backend": target.backend,
+                   "passes": pass_report.as_dict(), **result.report}
+        write_report(tmp / f"{source.name}.onnx", "compile", payload, result.markdown)
+    ui.console.print(f"[bold]wrote[/bold] {out_dir}/ ({result.summary})")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------- parsing
 def _add_shape_args(p: argparse.ArgumentParser, batch_default: int | None = 1) -> None:
     p.add_argument("--input-size", nargs=2, type=int, metavar=("H", "W"),
@@ -232,6 +273,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=10, help="how many of the largest tensors to list")
     p.add_argument("--json", action="store_true", help="also print the JSON report to stdout")
     p.set_defaults(func=cmd_analyze)
+    p = sub.add_parser("targets", help="list deployment targets (targets/*.toml)")
+    p.add_argument("--json", action="store_true", help="print JSON to stdout")
+    p.set_defaults(func=cmd_targets)
+
+    p = sub.add_parser("compile", help="compile MODEL for a target (export → passes → backend)")
+    p.add_argument("model", help="zoo name, path to a .onnx file, or path/to/file.py:factory")
+    p.add_argument("--target", required=True, help="target name (see `edgevit targets`)")
+    p.add_argument("-o", "--output", help="output folder (default: out/<model>-<target>)")
+    _add_shape_args(p, batch_default=None)
+    p.add_argument("--passes", help="comma-separated passes to run (default: all)")
+    p.add_argument("--skip", help="comma-separated passes to leave out")
+    p.set_defaults(func=cmd_compile)
+
     p = sub.add_parser("optimize", help="run the pass pipeline (fold BN, reparameterize, fuse attention, ...)")
     p.add_argument("model", nargs="?", help="zoo name, path to a .onnx file, or path/to/file.py:factory")
     p.add_argument("-o", "--output", help="output .onnx path")
