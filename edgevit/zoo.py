@@ -55,7 +55,7 @@ class ZooEntry:
     name: str
     family: str
     paper: str
-    source: str  # "timm"
+    source: str  # "timm" or "edgevit" (defined in edgevit/models/)
     input_size: tuple[int, int]  # default (H, W)
 
 
@@ -68,6 +68,10 @@ def _build_entries() -> dict[str, ZooEntry]:
             cfg = timm.models.get_pretrained_cfg(name)
             hw = tuple(cfg.input_size[1:]) if cfg is not None else (224, 224)
             entries[name] = ZooEntry(name, family, paper, "timm", hw)
+    from .models import project_models
+
+    for m in project_models().values():
+        entries[m.name] = ZooEntry(m.name, m.family, m.paper, "edgevit", tuple(m.input_size))
     return entries
 
 
@@ -104,7 +108,11 @@ def create(name: str, input_size: tuple[int, int] | None = None):
     hw = tuple(input_size) if input_size else entry.input_size
     torch.manual_seed(0)  # same random weights every time, so reports are reproducible
     model = None
-    if hw != entry.input_size:
+    if entry.source == "edgevit":
+        from .models import project_models
+
+        model = project_models()[name].factory(input_size=hw)
+    elif hw != entry.input_size:
         # Models with resolution-bound parameters (positional embeddings, attention biases, windows)
         # take the size at construction time; the others ignore it or reject the keyword.
         try:

@@ -51,7 +51,8 @@ class ScaledDotProductAttention(pattern.RewriteRuleClassBase):
         self._channels_first = channels_first
 
     def pattern(self, op, query, key_t, value, bias, q_factor, k_factor, s_factor):
-        scores = op.MatMul(_scaled(op, query, q_factor, "q_op"), _scaled(op, key_t, k_factor, "k_op"))
+        scores = op.MatMul(_scaled(op, query, q_factor, "q_op"), _scaled(op, key_t, k_factor, "k_op"),
+                           _outputs=["raw_scores"])
         scores = _scaled(op, scores, s_factor, "s_op")
         scores = pattern.OrValue([op.Add(scores, bias), scores], tag_var="has_bias", tag_values=[True, False])
         probs = op.Softmax(scores, _outputs=["probs"])
@@ -59,11 +60,11 @@ class ScaledDotProductAttention(pattern.RewriteRuleClassBase):
             return op.MatMul(value, op.Transpose(probs, _outputs=["probs_t"]))
         return op.MatMul(probs, value)
 
-    def check(self, context, query, key_t, value, bias, probs, has_bias, **b) -> pattern.MatchResult:
+    def check(self, context, query, key_t, value, bias, raw_scores, probs, has_bias, **b) -> pattern.MatchResult:
         result = pattern.MatchResult()
         if M.default_opset(context.model) < _MIN_OPSET:
             return result.fail(f"opset < {_MIN_OPSET}: the Attention body needs CastLike")
-        ranks = [M.rank(v) for v in (query, key_t, value, probs)]
+        ranks = [M.rank(v) for v in (query, key_t, value, raw_scores)]
         if any(r is None or r < 2 for r in ranks):
             return result.fail(f"Q/Kᵀ/V/scores ranks {ranks}: need known ranks ≥ 2 (1-D MatMul differs)")
         scores_rank = ranks[-1]
@@ -71,7 +72,8 @@ class ScaledDotProductAttention(pattern.RewriteRuleClassBase):
         if axis not in (-1, scores_rank - 1):
             return result.fail(f"softmax over axis {axis}, not the last (key) axis", probs)
         scale = 1.0
-        for tag, factor, scaled in (("q_op", "q_factor", query), ("k_op", "k_factor", key_t), ("s_op", "s_factor", probs)):
+        for tag, factor, scaled in (("q_op", "q_factor", query), ("k_op", "k_factor", key_t),
+                                    ("s_op", "s_factor", raw_scores)):
             if b.get(tag) is None:
                 continue
             array = M.constant(b[factor])
@@ -79,7 +81,7 @@ class ScaledDotProductAttention(pattern.RewriteRuleClassBase):
                 return result.fail(f"{factor} is not a constant scalar that keeps the operand's shape", b[factor])
             scale *= float(array.reshape(())) if b[tag] == "Mul" else 1.0 / float(array.reshape(()))
         if has_bias:
-            scores_shape, bias_shape = M.shape(probs), M.shape(bias)
+            scores_shape, bias_shape = M.shape(raw_scores), M.shape(bias)
             if scores_shape is None or bias_shape is None:
                 return result.fail("bias or scores shape unknown: cannot prove the Add keeps the scores shape")
             try:
