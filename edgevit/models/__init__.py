@@ -19,7 +19,7 @@ class ProjectModel:
     factory: Callable[..., object]  # factory(input_size=(H, W)) -> torch.nn.Module
 
 
-_MODULES: list[str] = []  # e.g. "mcu_vit", "casvit" — modules defining ProjectModel entries
+_MODULES: list[str] = ["mcu_vit"]  # e.g. "mcu_vit", "casvit" — modules defining ProjectModel entries
 
 
 def project_models() -> dict[str, ProjectModel]:

@@ -122,10 +122,10 @@ def infer_shapes(model: ir.Model) -> None:
 
 
 def remove_dead(model: ir.Model) -> int:
-    """Drop nodes and initializers nothing uses any more (left behind by a rewrite); return count."""
-    before = sum(1 for _ in model.graph) + len(model.graph.initializers)
+    """Drop nodes and initializers nothing uses any more; return how many nodes went."""
+    before = sum(1 for _ in model.graph)
     ir.passes.common.RemoveUnusedNodesPass()(model)
-    return before - sum(1 for _ in model.graph) - len(model.graph.initializers)
+    return before - sum(1 for _ in model.graph)
 
 
 def initializer(op, array: np.ndarray, name: str) -> ir.Value:

@@ -30,6 +30,8 @@ graph unchanged while a backend can lower the node as one kernel.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter import pattern
@@ -37,6 +39,7 @@ from onnxscript.rewriter import pattern
 from . import _match as M
 from .base import Pass, rule_pass
 
+logger = logging.getLogger(__name__)
 _MIN_OPSET = 15  # the function body uses CastLike (opset 15)
 
 
@@ -202,9 +205,13 @@ def _merge_projections(model: ir.Model) -> int:
     for node in list(model.graph):
         if node.domain == M.EDGEVIT and node.op_type == "Attention":
             sources = [_projection(v) for v in node.inputs[:3]]
-            if None not in sources and _merge_blocker(sources) is None:
-                _merge(model.graph, sources)
-                count += 1
+            if None in sources:
+                continue
+            if (blocker := _merge_blocker(sources)) is not None:
+                logger.debug("not merging the projections of %s: %s", node.name, blocker)
+                continue
+            _merge(model.graph, sources)
+            count += 1
     return count
 
 

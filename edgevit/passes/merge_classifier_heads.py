@@ -43,7 +43,8 @@ def _linear(gemm: ir.Node, bn: ir.Node | None) -> tuple[np.ndarray, np.ndarray] 
     weight = M.constant(gemm.inputs[1])
     if weight is None:
         return "Gemm weight is not constant"
-    bias = M.constant(gemm.inputs[2]) if len(gemm.inputs) > 2 and gemm.inputs[2] is not None else np.zeros(1, weight.dtype)
+    has_bias = len(gemm.inputs) > 2 and gemm.inputs[2] is not None
+    bias = M.constant(gemm.inputs[2]) if has_bias else np.zeros(1, weight.dtype)
     if bias is None:
         return "Gemm bias is not constant"
     weight = (weight if a.get_int("transB", 0) else weight.T) * a.get_float("alpha", 1.0)

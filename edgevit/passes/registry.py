@@ -13,8 +13,8 @@ from .base import Pass
 
 ORDER = [
     "eliminate_identity",
+    "canonicalize_layernorm",  # first: its ReduceMeans would block the opset bump native Gelu needs
     "canonicalize_gelu",
-    "canonicalize_layernorm",
     "reparameterize_branches",
     "fold_batchnorm",
     "fold_layer_scale",

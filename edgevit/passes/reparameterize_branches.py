@@ -67,17 +67,20 @@ def _conv_branch(node: ir.Node) -> Linear | None:
 def _leaf(value: ir.Value) -> Branch:
     """A summand as a branch on the tensor it is linear in: Conv(x), BN(Conv(x)), BN(x), or itself."""
     node = value.producer()
-    if node is not None and _sole_use(value):
-        if (lin := _conv_branch(node)) is not None:
-            return Branch(node.inputs[0], lin, nodes=[node], value=value)
-        if node.op_type == "BatchNormalization" and not isinstance(st := bn_scale_shift(node), str):
-            inner = node.inputs[0]
-            conv = inner.producer() if _sole_use(inner) else None
-            lin = _conv_branch(conv) if conv is not None else None
-            if lin is not None and not isinstance(st := bn_on_site(node, output_site(lin)), str):
+    if node is None or not _sole_use(value):
+        return Branch(value, None, value=value)
+    if (lin := _conv_branch(node)) is not None:
+        return Branch(node.inputs[0], lin, nodes=[node], value=value)
+    if node.op_type == "BatchNormalization":
+        inner = node.inputs[0]
+        conv = inner.producer() if _sole_use(inner) else None
+        lin = _conv_branch(conv) if conv is not None else None
+        if lin is not None:  # Conv → BN: the branch is the conv with the BN folded in
+            st = bn_on_site(node, output_site(lin))
+            if not isinstance(st, str):
                 return Branch(conv.inputs[0], fold_after(lin, *st), nodes=[conv, node], value=value)
-            if lin is None:
-                return Branch(inner, None, st[0], st[1], [node], value)
+        elif not isinstance(st := bn_scale_shift(node), str):  # BN alone: a diagonal map of its input
+            return Branch(inner, None, st[0], st[1], [node], value)
     return Branch(value, None, value=value)
 
 
@@ -88,9 +91,9 @@ def _coefficient(node: ir.Node, out: ir.Value) -> tuple[ir.Value, np.ndarray] | 
     site = Site(1, len(out.shape), out.shape[1])
     operands = [(0, 1), (1, 0)] if node.op_type == "Mul" else [(0, 1)]
     for data, const in operands:
-        c = const_array(node.inputs[const])
         if node.inputs[data].shape != out.shape:
             continue  # the constant would broadcast the data, not just scale it
+        c = const_array(node.inputs[const])
         if c is None or isinstance(c := per_channel(c, site), str):
             continue
         if node.op_type == "Div":
@@ -229,9 +232,9 @@ def _clusters(branches: list[Branch]) -> list[tuple[list[Branch], Linear]]:
     by_input: dict[ir.Value, list[Branch]] = {}
     for b in branches:
         by_input.setdefault(b.x, []).append(b)
-    for group in by_input.values():
+    for same_input in by_input.values():
         clusters: list[list[Branch]] = []
-        for b in sorted(group, key=lambda b: b.conv is None):  # convs first, they anchor the geometry
+        for b in sorted(same_input, key=lambda b: b.conv is None):  # convs first, they anchor the geometry
             for c in clusters:
                 if not isinstance(_merge(c + [b]), str):
                     c.append(b)

@@ -1,0 +1,161 @@
+"""Every call into TVM goes through this module — the only one in edgevit that imports `tvm`.
+
+TVM renames its Python API from release to release (Relay → Relax, `tvm.nd` → `tvm.runtime.tensor`,
+`tvm.contrib.cc` → `tvm.support.cc`, `tvm.meta_schedule` → `tvm.s_tir.meta_schedule`), so an upgrade
+should touch this file only. Verified against apache-tvm 0.27.0.post1 with apache-tvm-ffi 0.1.14.post1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from ...errors import EdgevitError
+
+import tvm  # noqa: E402  (after the edgevit imports so a broken TVM install fails inside edgevit)
+from tvm import relax
+from tvm.relax.frontend.onnx import from_onnx
+from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
+from tvm.s_tir import meta_schedule as ms
+from tvm.support import cc
+
+SCHEDULED_ATTR = "tirx.is_scheduled"  # what MetaScheduleApplyDatabase sets on each PrimFunc it schedules
+_IMPORTER_BUILTINS = {"Constant", "If"}  # handled by the importer itself, not through the convert map
+_MS_DOMAIN_OPS = {"Attention", "BiasGelu", "EmbedLayerNormalization", "FastGelu", "SkipLayerNormalization"}
+
+
+def versions() -> dict[str, str]:
+    import tvm_ffi
+
+    return {"tvm": tvm.__version__, "tvm_ffi": getattr(tvm_ffi, "__version__", "unknown")}
+
+
+def unsupported_ops(model: onnx.ModelProto) -> list[str]:
+    """Ops the ONNX importer has no converter for, as `Op` or `domain.Op` (empty: all importable).
+
+    The importer matches converters by op name alone, so a custom-domain op that shares a name with a
+    standard one (edgevit.Attention vs com.microsoft.Attention) would be silently mis-imported: ops
+    outside the standard domain count as unsupported unless they are the com.microsoft ops TVM knows.
+    """
+    convert_map = _get_convert_map()
+    bad = set()
+    for node in model.graph.node:
+        known = node.op_type in convert_map or node.op_type in _IMPORTER_BUILTINS
+        if node.domain in ("", "ai.onnx"):
+            ok = known
+        else:
+            ok = node.domain == "com.microsoft" and node.op_type in _MS_DOMAIN_OPS and known
+        if not ok:
+            bad.add(node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}")
+    return sorted(bad)
+
+
+def import_onnx(model: onnx.ModelProto, shapes: dict[str, list[int]], dtypes: dict[str, str]) -> tvm.IRModule:
+    """ONNX → Relax with the weights bound as constants (so they end up inside the .so)."""
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            return from_onnx(model, shape_dict=shapes, dtype_dict=dtypes, keep_params_in_input=False)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise EdgevitError(f"TVM's ONNX importer failed: {first}") from None
+
+
+def make_target(spec: dict, where: str) -> tvm.target.Target:
+    """A TVM Target from the [tvm] target table of a target TOML; `where` names the file for errors."""
+    try:
+        return tvm.target.Target(dict(spec))
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise EdgevitError(f"{where}: TVM rejects the target {spec}: {first}") from None
+
+
+def lower(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
+    """Relax → fused TIR PrimFuncs, exactly as MetaSchedule's static-shape tuning pipeline lowers it.
+
+    Tuning and compiling must see the same PrimFuncs, or a database's workloads would not match.
+    """
+    with target:
+        return tvm.transform.Sequential([
+            relax.transform.DecomposeOpsForInference(),
+            relax.transform.CanonicalizeBindings(),
+            relax.transform.LegalizeOps(),
+            relax.transform.AnnotateTIROpPattern(),
+            relax.transform.FoldConstant(),
+            relax.transform.FuseOps(),
+            relax.transform.FuseTIR(),
+        ])(mod)
+
+
+def load_database(folder: Path):
+    """The MetaSchedule JSON database (database_workload.json + database_tuning_record.json) in `folder`."""
+    return ms.database.JSONDatabase(path_workload=str(folder / "database_workload.json"),
+                                    path_tuning_record=str(folder / "database_tuning_record.json"),
+                                    allow_missing=False)
+
+
+def apply_database(mod: tvm.IRModule, target: tvm.target.Target, database) -> tvm.IRModule:
+    """Replace each lowered PrimFunc that has a tuning record with its best schedule."""
+    with target, database, tvm.transform.PassContext(opt_level=3):
+        return relax.transform.MetaScheduleApplyDatabase()(mod)
+
+
+def scheduled_count(mod: tvm.IRModule) -> tuple[int, int]:
+    """(PrimFuncs carrying the scheduled attribute, all PrimFuncs): the proof a database was applied."""
+    funcs = [f for _, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+    done = sum(1 for f in funcs if f.attrs is not None and bool(f.attrs.get(SCHEDULED_ATTR, False)))
+    return done, len(funcs)
+
+
+def build(mod: tvm.IRModule, target: tvm.target.Target):
+    """The Relax VM executable for `target` (schedules already applied to `mod` are kept)."""
+    with tvm.transform.PassContext(opt_level=3):
+        return tvm.compile(mod, target=target)
+
+
+def export_library(executable, path: Path, cross_compiler: str) -> None:
+    """Link the executable into a shared library; `cross_compiler` ('' = host compiler) links for the board."""
+    fcompile = cc.cross_compiler(cross_compiler) if cross_compiler else None
+    try:
+        executable.export_library(str(path), fcompile=fcompile)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        hint = f" (is {cross_compiler} installed?)" if cross_compiler else ""
+        raise EdgevitError(f"linking {path.name} failed{hint}: {first}") from None
+
+
+def _outputs(result) -> list[np.ndarray]:
+    if isinstance(result, (tvm.runtime.Tensor,)):
+        return [result.numpy()]
+    return [a for r in result for a in _outputs(r)]
+
+
+def run_local(library: Path | object, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    """Run a host-arch library (a path) or executable on the CPU with the Relax VM."""
+    lib = tvm.runtime.load_module(str(library)) if isinstance(library, (str, Path)) else library
+    vm = relax.VirtualMachine(lib, tvm.cpu())
+    return _outputs(vm["main"](*[tvm.runtime.tensor(a) for a in inputs]))
+
+
+def run_rpc(library: Path, inputs: list[np.ndarray], host: str, port: int,
+            repeat: int = 3) -> tuple[list[np.ndarray], float]:
+    """Upload `library` to a TVM RPC server, run it there; (outputs, median latency in seconds)."""
+    from tvm import rpc
+
+    try:
+        remote = rpc.connect(host, port, session_timeout=600)
+    except Exception as exc:
+        raise EdgevitError(f"cannot connect to the TVM RPC server at {host}:{port}: {exc}") from None
+    remote.upload(str(library))
+    lib = remote.load_module(Path(library).name)
+    dev = remote.cpu()
+    vm = relax.VirtualMachine(lib, dev)
+    args = [tvm.runtime.tensor(a, device=dev) for a in inputs]
+    outputs = _outputs(vm["main"](*args))
+    timer = vm.time_evaluator("main", dev, number=1, repeat=repeat)
+    return outputs, float(timer(*args).median)
