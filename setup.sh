@@ -6,8 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-# System packages the test suite needs (cross compilers / emulators arrive with the backends that use them).
-APT_PACKAGES=()
+# System packages: the aarch64 cross compiler and qemu-user to build and verify TVM's ARM libraries,
+# debootstrap for the emulated arm64 userland (scripts/arm64_userland.sh, cached under ~/.cache/edgevit).
+APT_PACKAGES=(gcc-aarch64-linux-gnu g++-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user debootstrap)
 if [ ${#APT_PACKAGES[@]} -gt 0 ]; then
   missing=()
   for p in "${APT_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

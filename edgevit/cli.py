@@ -195,6 +195,19 @@ def cmd_optimize(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------------------------- quantize
+def cmd_quantize(args) -> int:
+    from .quant import run_quantize
+
+    output = Path(args.output)
+    if args.calib and not Path(args.calib).exists():  # fail before any export work
+        raise EdgevitError(f"--calib {args.calib}: no such file or folder (give a folder of images or a .npy)")
+    payload = run_quantize(args.model, output, args.calib, args.method,
+                           tuple(args.input_size) if args.input_size else None)
+    ui.console.print(f"[bold]wrote[/bold] {output}/ ({len(payload.get('layers', []))} quantized layers)")
+    return 0
+
+
 # -------------------------------------------------------------------------------------- targets/compile
 def cmd_targets(args) -> int:
     from rich.table import Table
@@ -273,6 +286,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=10, help="how many of the largest tensors to list")
     p.add_argument("--json", action="store_true", help="also print the JSON report to stdout")
     p.set_defaults(func=cmd_analyze)
+    p = sub.add_parser("quantize", help="int8 post-training quantization (QDQ ONNX + integer parameters)")
+    p.add_argument("model", help="zoo name, path to a .onnx file, or path/to/file.py:factory")
+    p.add_argument("-o", "--output", required=True, help="output folder")
+    p.add_argument("--calib", help="calibration data: a folder of images or a .npy (default: synthetic set)")
+    p.add_argument("--method", default="minmax", choices=["minmax", "percentile", "mse"],
+                   help="activation range calibration (default: minmax)")
+    p.add_argument("--input-size", nargs=2, type=int, metavar=("H", "W"), help="input resolution")
+    p.set_defaults(func=cmd_quantize)
+
     p = sub.add_parser("targets", help="list deployment targets (targets/*.toml)")
     p.add_argument("--json", action="store_true", help="print JSON to stdout")
     p.set_defaults(func=cmd_targets)

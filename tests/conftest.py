@@ -1,4 +1,4 @@
-"""Shared fixtures: run the real CLI in a subprocess, keep the zoo stats cache inside the test run."""
+"""Shared helpers: run the real CLI in a subprocess and check its one-line errors."""
 
 from __future__ import annotations
 
@@ -7,14 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _isolated_cache(tmp_path_factory):
-    os.environ.setdefault("EDGEVIT_CACHE", str(tmp_path_factory.getbasetemp() / "edgevit-cache"))
 
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:

@@ -35,11 +35,16 @@ softmax      over the last axis of int8 scores x (output fixed: s_o = 1/256, z_o
              Same role as I-ViT's Shiftmax (exp of the max-subtracted logits, integer normalisation);
              the exp comes from a table over the 256 possible differences instead of shift-based
              2^x, which makes it exact to 2^-15 per term; the only errors are the 1/256 output step.
-layernorm    over the last axis (n values), I-LayerNorm with an exact integer square root:
-             m = div_round(Σ x, n); d = x − m (|d| ≤ 255); Q = Σ d² (int32, n < 33 000)
-             v = div_round(Q·2^16, n) + eps_q (int64; eps_q = round(ε·2^16/s_x²))
-             σ = max(isqrt(v), 1) (σ/2^8 is the std in input LSBs);  u = div_round(d·2^20, σ) (= 2^12·x̂)
+layernorm    over the last axis (n values), I-LayerNorm with an exact mean and integer square root:
+             S = Σ x, P = Σ x² (int32, n < 131 072);  d = n·x − S (int32, = n·(x − mean) exactly)
+             v = div_round((n·P − S²)·2^16, n²) + eps_q   (int64; v = 2^16·variance in input LSB²,
+                 eps_q = round(ε·2^16/s_x²))
+             σ = max(isqrt(v), 1)                         (2^8·std in input LSBs)
+             R = div_round(2^36, n·σ)  (int64, once per row);  u = RDBPOT(d·R, 16)  (int64 product;
+                 u = 2^12·x̂, the normalised value with 12 fractional bits)
              y[c] = clamp(z_o + β_q[c] + MBQM(u, M[c], e[c]))   [γ[c]/(2^12·s_o)], β_q = round(β/s_o)
+             (I-ViT's I-LayerNorm also uses an integer √ and a per-row integer reciprocal; keeping the
+             mean exact — d = n·x − S rather than x − round(mean) — matters when the std is a few LSBs.)
 avgpool      acc = Σ (x − z_x) over the window / axes (count elements, padding counts as 0)
              y = requantize(acc, M, e, z_o)                                   [s_x/(count·s_o)]
              (AveragePool, GlobalAveragePool, ReduceMean.)
@@ -54,13 +59,15 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from .scheme import QMAX, QMIN, INT32_MAX, INT32_MIN, div_round, isqrt, multiply_by_quantized_multiplier, requantize
+from .scheme import (INT32_MAX, INT32_MIN, QMAX, QMIN, div_round, isqrt, multiply_by_quantized_multiplier, requantize,
+                     rounding_divide_by_pot)
 
 ADD_LEFT_SHIFT = 20
 SOFTMAX_EXP_BITS = 15  # exp table entries are round(2^15 · exp(−s·d)), fit uint16
 SOFTMAX_OUT_SCALE, SOFTMAX_OUT_ZP = 1.0 / 256, -128
 LN_VAR_BITS = 16  # fractional bits of the variance (σ then has 8)
 LN_OUT_BITS = 12  # fractional bits of the normalised value u
+LN_RECIP_BITS = 16  # extra fractional bits of the per-row reciprocal R
 
 
 def _accumulate(a: np.ndarray, b: np.ndarray, subscripts: str | None = None) -> np.ndarray:
@@ -131,10 +138,13 @@ def softmax(x, exp_table) -> np.ndarray:
 def layernorm(x, mult, shift, beta_q, eps_q, out_zp) -> np.ndarray:
     x = x.astype(np.int64)
     n = x.shape[-1]
-    d = x - div_round(x.sum(axis=-1, keepdims=True), n)
-    var = div_round((d * d).sum(axis=-1, keepdims=True) << LN_VAR_BITS, n) + eps_q
+    total = x.sum(axis=-1, keepdims=True)
+    d = n * x - total
+    spread = n * (x * x).sum(axis=-1, keepdims=True) - total * total
+    var = div_round(spread << LN_VAR_BITS, n * n) + eps_q
     sigma = np.maximum(isqrt(var), 1)
-    u = div_round(d << (LN_VAR_BITS // 2 + LN_OUT_BITS), sigma)
+    recip = div_round(np.int64(1) << (LN_VAR_BITS // 2 + LN_OUT_BITS + LN_RECIP_BITS), n * sigma)
+    u = rounding_divide_by_pot(d * recip, LN_RECIP_BITS)
     return np.clip(out_zp + beta_q + multiply_by_quantized_multiplier(u, mult, shift), QMIN, QMAX).astype(np.int8)
 
 

@@ -14,11 +14,12 @@ r ≈ M · 2^(e − 31), |M| ∈ [2^30, 2^31) (M = 0 for r = 0). Applying it to 
     y     = RDBPOT(h, right)                          (rounding divide by 2^right, ties away from 0)
 
     SRDHM(a, b) = INT32_MAX if a = b = INT32_MIN, else trunc0((a·b + nudge) / 2^31),
-                  nudge = 2^30 if a·b ≥ 0 else 1 − 2^30          (64-bit product, C's `/`)
+                  nudge = 2^30 if a·b ≥ 0 else 1 − 2^30          (64-bit product, C's `/`;
+                  i.e. round to nearest, ties toward +∞)
     RDBPOT(x, n) = (x >> n) + ((x & (2^n − 1)) > ((2^n − 1) >> 1) + (x < 0))   (arithmetic >>)
 
-Negative multipliers are allowed (LayerNorm's γ may be negative); SRDHM and RDBPOT are odd functions,
-so M → −M negates the result. Shifts are kept in [−31, 30] by `quantize_multiplier`: a factor below
+Negative multipliers are allowed (LayerNorm's γ may be negative, Sub negates one operand): M → −M
+negates the result except at exact ties of SRDHM (off by one there). Shifts are kept in [−31, 30] by `quantize_multiplier`: a factor below
 2^−32 becomes M = 0. Everything here is exact integer arithmetic on int64 numpy arrays, so a C
 implementation with int32/int64 types reproduces it bit for bit.
 """

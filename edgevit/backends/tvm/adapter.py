@@ -14,15 +14,14 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-
-from ...errors import EdgevitError
-
-import tvm  # noqa: E402  (after the edgevit imports so a broken TVM install fails inside edgevit)
+import tvm
 from tvm import relax
 from tvm.relax.frontend.onnx import from_onnx
 from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
 from tvm.s_tir import meta_schedule as ms
 from tvm.support import cc
+
+from ...errors import EdgevitError
 
 SCHEDULED_ATTR = "tirx.is_scheduled"  # what MetaScheduleApplyDatabase sets on each PrimFunc it schedules
 _IMPORTER_BUILTINS = {"Constant", "If"}  # handled by the importer itself, not through the convert map
@@ -92,6 +91,18 @@ def lower(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
         ])(mod)
 
 
+def tune(mod: tvm.IRModule, target: tvm.target.Target, work_dir: Path, max_trials: int,
+         max_trials_per_task: int | None = None) -> None:
+    """MetaSchedule-tune the PrimFuncs of a `lower`ed module on this host; the database lands in `work_dir`.
+
+    One build worker with long timeouts: TVM's default builder times out on 2 cores (toolchain.md).
+    """
+    ms.relax_integration.tune_relax(
+        mod, {}, target, str(work_dir), max_trials_global=max_trials, max_trials_per_task=max_trials_per_task,
+        num_trials_per_iter=min(max_trials, 64), builder=ms.builder.LocalBuilder(max_workers=1, timeout_sec=600),
+        runner=ms.runner.LocalRunner(timeout_sec=120))
+
+
 def load_database(folder: Path):
     """The MetaSchedule JSON database (database_workload.json + database_tuning_record.json) in `folder`."""
     return ms.database.JSONDatabase(path_workload=str(folder / "database_workload.json"),
@@ -130,7 +141,7 @@ def export_library(executable, path: Path, cross_compiler: str) -> None:
 
 
 def _outputs(result) -> list[np.ndarray]:
-    if isinstance(result, (tvm.runtime.Tensor,)):
+    if isinstance(result, tvm.runtime.Tensor):
         return [result.numpy()]
     return [a for r in result for a in _outputs(r)]
 

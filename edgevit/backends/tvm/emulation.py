@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Iterator
@@ -118,30 +119,29 @@ def rpc_server(root: Path, startup_timeout: float = 180) -> Iterator[tuple[str, 
     port = _free_port()
     cmd = [_qemu(), str(root / "usr" / "bin" / "python3.11"), "-m", "tvm.exec.rpc_server",
            "--host", "127.0.0.1", "--port", str(port), "--port-end", str(port + 1)]
-    log = open(root.parent / f"rpc-server-{port}.log", "w+")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=guest_env(root), start_new_session=True)
-    try:
-        deadline = time.monotonic() + startup_timeout
-        while True:
-            if proc.poll() is not None:
-                log.seek(0)
-                raise EdgevitError(f"the emulated TVM RPC server exited ({proc.returncode}): "
-                                   f"{' | '.join(log.read().strip().splitlines()[-3:])}")
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
-                break
-            if time.monotonic() > deadline:
-                raise EdgevitError(f"the emulated TVM RPC server did not listen on port {port} "
-                                   f"within {startup_timeout:.0f} s")
-            time.sleep(0.5)
-        yield "127.0.0.1", port
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)  # the server and its popen workers: our session only
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=10)
-        if proc.poll() is None:
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=guest_env(root),
+                                start_new_session=True)
+        try:
+            deadline = time.monotonic() + startup_timeout
+            while True:
+                if proc.poll() is not None:
+                    log.seek(0)
+                    raise EdgevitError(f"the emulated TVM RPC server exited ({proc.returncode}): "
+                                       f"{' | '.join(log.read().strip().splitlines()[-3:])}")
+                with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+                if time.monotonic() > deadline:
+                    raise EdgevitError(f"the emulated TVM RPC server did not listen on port {port} "
+                                       f"within {startup_timeout:.0f} s")
+                time.sleep(0.5)
+            yield "127.0.0.1", port
+        finally:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
-        Path(log.name).unlink(missing_ok=True)
+                os.killpg(proc.pid, signal.SIGTERM)  # the server and its popen workers: our session only
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()

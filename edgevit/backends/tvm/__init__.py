@@ -1,0 +1,186 @@
+"""TVM backend: optimized ONNX → Relax → one shared library per target (x86, ARM boards), plus a runner.
+
+out/ receives `<name>.so` (weights embedded as constants: no params file to ship), `<name>.tvm.json`
+(inputs/outputs, target, TVM version, schedules applied) and `run.py`. MetaSchedule databases come from
+`schedules/<target>/<model>/` (or `$EDGEVIT_SCHEDULES/<target>/<model>/`); without one the build is
+untuned, and the terminal says so. Host-arch builds are checked against onnxruntime before being written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import time
+from pathlib import Path
+
+import onnx
+import onnx.inliner
+
+from .. import BackendResult
+from ... import ui
+from ...artifacts import md_table
+from ...errors import EdgevitError, ParityError
+from ...ir import graph as G
+from ...ir.numerics import Parity, run_ort
+
+TOLERANCE = 1e-4  # max abs error vs onnxruntime, as a fraction of the output range
+RUNNER = Path(__file__).with_name("runner_template.py")
+
+
+def schedules_dir() -> Path:
+    """schedules/ beside the package (the repository checkout), or $EDGEVIT_SCHEDULES."""
+    return Path(os.environ.get("EDGEVIT_SCHEDULES") or Path(__file__).resolve().parents[3] / "schedules")
+
+
+def _tensor_specs(model: onnx.ModelProto) -> list[dict]:
+    specs = []
+    for vi in G.graph_inputs(model):
+        shape = G.value_shape(vi)
+        if not all(isinstance(d, int) and d > 0 for d in shape):
+            raise EdgevitError(f"input '{vi.name}' has a dynamic shape {shape}; give --input-size/--batch")
+        specs.append({"name": vi.name, "shape": shape, "dtype": G.value_dtype(vi).name})
+    return specs
+
+
+def _constants_as_tensors(model: onnx.ModelProto) -> None:
+    """Rewrite Constant(value_float/value_ints/...) as Constant(value=tensor), in place.
+
+    TVM's importer reads only `value`, and inlined function bodies (edgevit.Attention's scale) use the
+    scalar forms.
+    """
+    kinds = {"value_float": (onnx.TensorProto.FLOAT, False), "value_floats": (onnx.TensorProto.FLOAT, True),
+             "value_int": (onnx.TensorProto.INT64, False), "value_ints": (onnx.TensorProto.INT64, True)}
+    for node in model.graph.node:
+        if node.op_type != "Constant" or node.domain not in ("", "ai.onnx") or len(node.attribute) != 1:
+            continue
+        attr = node.attribute[0]
+        if attr.name in kinds:
+            elem, is_list = kinds[attr.name]
+            value = onnx.helper.get_attribute_value(attr)
+            tensor = onnx.helper.make_tensor("value", elem, [len(value)] if is_list else [],
+                                             list(value) if is_list else [value])
+            del node.attribute[:]
+            node.attribute.append(onnx.helper.make_attribute("value", tensor))
+
+
+def _database_folder(target, name: str) -> Path | None:
+    folder = schedules_dir() / target.name / name
+    files = [folder / "database_workload.json", folder / "database_tuning_record.json"]
+    present = [f.exists() for f in files]
+    if not any(present):
+        return None
+    if not all(present):
+        raise EdgevitError(f"{folder}: needs both database_workload.json and database_tuning_record.json")
+    return folder
+
+
+def _database_hash(folder: Path) -> str:
+    h = hashlib.sha256()
+    for f in ("database_workload.json", "database_tuning_record.json"):
+        h.update((folder / f).read_bytes())
+    return h.hexdigest()
+
+
+def compile_model(model: onnx.ModelProto, target, out_dir: Path, name: str, args=None) -> BackendResult:
+    """Compile `model` for `target` into `out_dir`; see the module docstring for what lands there."""
+    opts = target.options
+    if not isinstance(opts.get("target"), dict):
+        raise EdgevitError(f"{target.path}: the [tvm] table needs a 'target' table (TVM target dict)")
+    # Model-local functions (e.g. edgevit.Attention's reference body) are plain ONNX once inlined.
+    given, model = model, onnx.inliner.inline_local_functions(model)
+    _constants_as_tensors(model)
+    inputs = _tensor_specs(model)
+
+    from . import adapter  # TVM loads only once the model is known to be compilable in principle
+
+    bad = adapter.unsupported_ops(model)
+    if bad:
+        raise EdgevitError(f"TVM's ONNX importer cannot convert {len(bad)} op type(s): {', '.join(bad)}; "
+                           "nothing was compiled")
+    tvm_target = adapter.make_target(opts["target"], str(target.path))
+    cross = opts.get("cross_compiler", "")
+    if cross and not shutil.which(cross):
+        raise EdgevitError(f"cross compiler '{cross}' for target {target.name} not found "
+                           f"(Debian: apt-get install g++-aarch64-linux-gnu libc6-dev-arm64-cross)")
+    native = opts.get("runtime_arch", platform.machine()) == platform.machine()
+    seconds: dict[str, float] = {}
+
+    def timed(label, step, fn, *a):
+        start = time.perf_counter()
+        with ui.step(step):
+            result = fn(*a)
+        seconds[label] = round(time.perf_counter() - start, 3)
+        return result
+
+    mod = timed("import", "import ONNX into TVM Relax", adapter.import_onnx, model,
+                {s["name"]: s["shape"] for s in inputs}, {s["name"]: s["dtype"] for s in inputs})
+    mod = timed("lower", "lower to TIR (legalize, fold, fuse)", adapter.lower, mod, tvm_target)
+    schedules = {"status": "untuned", "database": None, "sha256": None}
+    folder = _database_folder(target, name)
+    if folder:
+        mod = timed("apply_schedules", f"apply MetaSchedule database {folder}", adapter.apply_database,
+                    mod, tvm_target, adapter.load_database(folder))
+        done, total = adapter.scheduled_count(mod)
+        status = "tuned" if done == total else f"partially tuned ({done}/{total} PrimFuncs)" if done else "untuned"
+        schedules = {"status": status, "database": str(folder), "sha256": _database_hash(folder),
+                     "scheduled_prim_funcs": done, "prim_funcs": total}
+        if not done:
+            ui.console.print(f"[yellow]warning:[/yellow] the database in {folder} matched none of the {total} "
+                             "PrimFuncs (tuned at another input size or TVM version?)")
+    executable = timed("build", f"build for {target.name} ({tvm_target.kind.name}, "
+                                f"{opts['target'].get('mtriple', 'host')})", adapter.build, mod, tvm_target)
+    library = out_dir / f"{name}.so"
+    timed("link", f"link {library.name}" + (f" with {cross}" if cross else ""),
+          adapter.export_library, executable, library, cross)
+
+    feeds = G.seeded_inputs(model, {s["name"]: s["shape"] for s in inputs}, seed=0)
+    reference = run_ort(given, feeds)  # the graph as the passes proved it, before our rewrites
+    outputs = [{"name": o.name, "shape": list(r.shape), "dtype": r.dtype.name}
+               for o, r in zip(model.graph.output, reference)]
+    parity = None
+    if native:
+        got = timed("parity", "parity vs onnxruntime (seeded input)", adapter.run_local, library, list(feeds.values()))
+        p = Parity()
+        for r, g in zip(reference, got):
+            p.update(r, g)
+        if not p.within(TOLERANCE):
+            raise ParityError(f"TVM build differs from onnxruntime: max abs error {p.max_abs:.3g} > "
+                              f"{TOLERANCE:g} × output range {p.ref_range:.3g}; nothing written")
+        parity = p.as_dict()
+
+    meta = {
+        "model": name,
+        "library": library.name,
+        "weights": "embedded in the library",
+        "inputs": inputs,
+        "outputs": outputs,
+        "target": {"name": target.name, "tvm": opts["target"], "cross_compiler": cross,
+                   "runtime_arch": opts.get("runtime_arch", platform.machine())},
+        "versions": adapter.versions(),
+        "schedules": schedules,
+        "runner": "run.py",
+    }
+    (out_dir / f"{name}.tvm.json").write_text(json.dumps(meta, indent=2) + "\n")
+    shutil.copyfile(RUNNER, out_dir / "run.py")
+    (out_dir / "run.py").chmod(0o755)
+
+    size = library.stat().st_size
+    check = (f"max abs err {parity['max_abs']:.2g} vs onnxruntime" if parity
+             else f"not run on this {platform.machine()} host")
+    ui.console.print(f"TVM build: {schedules['status']}" + (f" (database {folder})" if folder else
+                                                            " (no schedules/ database for this target and model)"))
+    md = "\n".join([
+        f"# edgevit compile: {name} → {target.name} (TVM {meta['versions']['tvm']})", "",
+        md_table(["library", "size", "schedules", "parity"],
+                 [[library.name, f"{size / 2**20:.2f} MiB", schedules["status"], check]]), "",
+        f"Run on the device: `python3 run.py` (needs apache-tvm=={meta['versions']['tvm']} and "
+        f"apache-tvm-ffi=={meta['versions']['tvm_ffi']}).",
+    ])
+    return BackendResult(
+        summary=f"{library.name} {size / 2**20:.2f} MiB for {target.name}, {schedules['status']}, {check}",
+        report={"tvm": {**meta, "parity": parity, "seconds": seconds, "library_bytes": size}},
+        markdown=md,
+    )

@@ -1,0 +1,139 @@
+"""TVM backend on the host (x86-avx2): CLI compile, metadata, numerics vs onnxruntime, user errors, schedules."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from edgevit import targets
+from edgevit.errors import EdgevitError
+from edgevit.ir import graph as G
+from edgevit.ir.numerics import Parity, run_ort
+from ..conftest import assert_one_line_error, run_cli
+
+from . import tiny_conv_model, unconvertible_model
+
+TOLERANCE = 1e-4  # × output range
+SIZE = (64, 64)  # reduced input size: keeps export + compile of shvit_s1 within seconds
+DB = Path(__file__).parent / "data" / "schedules"
+
+
+@pytest.fixture(scope="module")
+def x86_build(tmp_path_factory):
+    """`edgevit compile shvit_s1 --target x86-avx2` once for the module: (out dir, CLI process)."""
+    out = tmp_path_factory.mktemp("tvm-x86") / "out"
+    proc = run_cli("compile", "shvit_s1", "--target", "x86-avx2", "--input-size", *map(str, SIZE), "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    return out, proc
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """The unoptimized export: the compiled library must still match it (passes are checked to 1e-4)."""
+    from edgevit.frontend.export import export
+    from edgevit.frontend.source import resolve
+
+    return export(resolve("shvit_s1"), SIZE, samples=1).model
+
+
+def test_out_folder_holds_library_metadata_and_runner(x86_build):
+    out, proc = x86_build
+    assert {"shvit_s1.so", "shvit_s1.tvm.json", "run.py", "shvit_s1.compile.json", "shvit_s1.compile.md"} <= {
+        p.name for p in out.iterdir()}
+    assert "TVM build: untuned" in proc.stderr
+
+
+def test_metadata_json(x86_build):
+    out, _ = x86_build
+    meta = json.loads((out / "shvit_s1.tvm.json").read_text())
+    assert meta["library"] == "shvit_s1.so" and "embedded" in meta["weights"]
+    assert meta["inputs"] == [{"name": "input", "shape": [1, 3, *SIZE], "dtype": "float32"}]
+    assert [(o["shape"], o["dtype"]) for o in meta["outputs"]] == [([1, 1000], "float32")]
+    assert meta["target"]["name"] == "x86-avx2"
+    assert meta["target"]["tvm"] == targets.load("x86-avx2").options["target"]
+    assert meta["target"]["runtime_arch"] == "x86_64"
+    assert meta["versions"] == {"tvm": "0.27.0.post1", "tvm_ffi": "0.1.14.post1"}
+    assert meta["schedules"] == {"status": "untuned", "database": None, "sha256": None}
+    report = json.loads((out / "shvit_s1.compile.json").read_text())
+    assert report["tvm"]["parity"]["max_abs"] <= TOLERANCE * report["tvm"]["parity"]["ref_range"]
+
+
+def test_library_and_runner_match_onnxruntime(x86_build, reference, tmp_path):
+    """The .so in the VM and run.py (as a user runs it) against onnxruntime on the same seeded input."""
+    from edgevit.backends.tvm import adapter
+
+    out, _ = x86_build
+    feeds = G.seeded_inputs(reference, {"input": [1, 3, *SIZE]}, seed=1)
+    ref = run_ort(reference, feeds)
+    vm = Parity()
+    for r, g in zip(ref, adapter.run_local(out / "shvit_s1.so", list(feeds.values()))):
+        vm.update(r, g)
+    np.save(tmp_path / "x.npy", feeds["input"])
+    proc = subprocess.run([sys.executable, str(out / "run.py"), "--input", str(tmp_path / "x.npy"), "--repeat", "2",
+                           "--save", str(tmp_path / "res")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "latency median" in proc.stdout
+    runner = Parity()
+    runner.update(ref[0], np.load(tmp_path / "res" / "output_0.npy"))
+    print(f"x86 max abs error: VM {vm.max_abs:.3g}, run.py {runner.max_abs:.3g} (range {vm.ref_range:.3g})")
+    assert vm.within(TOLERANCE) and runner.within(TOLERANCE), (vm, runner)
+
+
+def test_unknown_target_is_one_line_error(tmp_path):
+    out = tmp_path / "out"
+    proc = run_cli("compile", "shvit_s1", "--target", "rpi9", "-o", str(out))
+    assert_one_line_error(proc, 2, "unknown target 'rpi9'", "rpi4")
+    assert not out.exists()
+
+
+def test_unconvertible_ops_listed_before_compiling(tmp_path):
+    model_path = tmp_path / "bad.onnx"
+    onnx.save(unconvertible_model(), str(model_path))
+    out = tmp_path / "out"
+    proc = run_cli("compile", str(model_path), "--target", "x86-avx2", "-o", str(out))
+    assert_one_line_error(proc, 2, "cannot convert 2 op type(s): Celu, Det")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.onnx"]  # no out/, no .part folder
+
+
+def test_custom_domain_op_is_unconvertible(tmp_path):
+    """A custom op without a local function body must not be taken for a TVM-known op of the same name."""
+    from edgevit.backends.tvm import compile_model
+
+    model = tiny_conv_model()
+    model.graph.node[1].domain = "edgevit"
+    model.graph.node[1].op_type = "Attention"
+    model.opset_import.append(onnx.helper.make_opsetid("edgevit", 1))
+    with pytest.raises(EdgevitError, match=r"cannot convert 1 op type\(s\): edgevit.Attention"):
+        compile_model(model, targets.load("x86-avx2"), tmp_path, name="m")
+    assert not list(tmp_path.iterdir())
+
+
+def test_schedules_database_is_applied(tmp_path, monkeypatch):
+    """The committed 2-trial database (tests/backends/make_tiny_db.py) schedules every PrimFunc."""
+    from edgevit.backends.tvm import compile_model
+
+    monkeypatch.setenv("EDGEVIT_SCHEDULES", str(DB))
+    result = compile_model(tiny_conv_model(), targets.load("x86-avx2"), tmp_path, name="tiny_conv")
+    sched = json.loads((tmp_path / "tiny_conv.tvm.json").read_text())["schedules"]
+    folder = DB / "x86-avx2" / "tiny_conv"
+    digest = hashlib.sha256((folder / "database_workload.json").read_bytes()
+                            + (folder / "database_tuning_record.json").read_bytes()).hexdigest()
+    assert sched["status"] == "tuned" and sched["sha256"] == digest
+    assert sched["scheduled_prim_funcs"] == sched["prim_funcs"] > 0
+    assert result.report["tvm"]["parity"]["max_abs"] <= TOLERANCE * result.report["tvm"]["parity"]["ref_range"]
+
+
+def test_database_for_another_size_leaves_build_untuned(tmp_path, monkeypatch):
+    from edgevit.backends.tvm import compile_model
+
+    monkeypatch.setenv("EDGEVIT_SCHEDULES", str(DB))
+    compile_model(tiny_conv_model(size=16), targets.load("x86-avx2"), tmp_path, name="tiny_conv")
+    sched = json.loads((tmp_path / "tiny_conv.tvm.json").read_text())["schedules"]
+    assert sched["status"] == "untuned" and sched["scheduled_prim_funcs"] == 0 and sched["database"]
