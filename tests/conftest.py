@@ -17,11 +17,15 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: int = 300) -> subproce
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, code: int, *fragments: str) -> None:
-    """A user error: the expected exit code, one line on stderr, no traceback, mentioning `fragments`."""
+    """A user error: the expected exit code, no traceback, and the error as the last stderr line.
+
+    Progress lines of steps that succeeded may come before it (e.g. a parity failure after export).
+    """
     err = proc.stderr.strip()
     assert proc.returncode == code, (proc.returncode, err)
     assert "Traceback" not in err, err
     lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
+    assert lines and lines[-1].startswith("edgevit: error:"), err
+    assert sum(line.startswith("edgevit: error") for line in lines) == 1, err
     for f in fragments:
-        assert f in err, (f, err)
+        assert f in lines[-1], (f, err)

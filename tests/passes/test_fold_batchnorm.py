@@ -1,4 +1,5 @@
-"""fold-batchnorm: BN folded into the linear node before or after it, and left alone where that is wrong."""
+"""fold-batchnorm: BN folded into the linear node before or after it; where a fold would be wrong the
+linear node is left alone and the BN becomes the exact per-channel Mul+Add fallback instead."""
 
 from __future__ import annotations
 
@@ -139,13 +140,70 @@ def test_bn_before_2d_matmul_becomes_gemm():
     assert_close(out)
 
 
+def test_bn1d_after_flattened_batched_matmul_folds():
+    # timm LeViT LinearNorm: MatMul (B, N, K)@(K, C) → Flatten(0, 1) to (B·N, C) → BatchNorm1d → Reshape.
+    m = build("""
+        g (float[2,4,8] x, float[8,5] w, float[5] s, float[5] b, float[5] m, float[5] v, int64[3] shape)
+            => (float[2,4,5] y) {
+            c = MatMul(x, w)
+            f = Flatten<axis=2>(c)
+            n = BatchNormalization<epsilon=0.001>(f, s, b, m, v)
+            y = Reshape(n, shape)
+        }""", w=random_weight((8, 5)), shape=np.array([2, 4, 5], np.int64), **bn(5))
+    out = apply_pass(PASS, m)
+    assert out.matches == 1 and out.ops() == ["MatMul", "Add", "Flatten", "Reshape"]
+    assert_close(out)
+
+
+def test_bn1d_after_reshaped_batched_matmul_folds():
+    m = build("""
+        g (float[1,6,8] x, float[8,4] w, float[4] s, float[4] b, float[4] m, float[4] v,
+           int64[2] flat, int64[3] shape) => (float[1,6,4] y) {
+            c = MatMul(x, w)
+            f = Reshape(c, flat)
+            n = BatchNormalization(f, s, b, m, v)
+            y = Reshape(n, shape)
+        }""", w=random_weight((8, 4)), flat=np.array([-1, 4], np.int64), shape=np.array([1, 6, 4], np.int64),
+        **bn(4))
+    out = apply_pass(PASS, m)
+    assert out.matches == 1 and out.ops() == ["MatMul", "Add", "Reshape", "Reshape"]
+    assert_close(out)
+
+
+def test_standalone_bn_becomes_mul_add():
+    # BN after a residual Add has no linear node to fold into: the exact per-channel affine map remains.
+    m = build("""
+        g (float[1,4,5,5] x, float[1,4,5,5] r, float[4] s, float[4] b, float[4] m, float[4] v)
+            => (float[1,4,5,5] y) {
+            a = Add(x, r)
+            y = BatchNormalization<epsilon=0.001>(a, s, b, m, v)
+        }""", **bn(4))
+    out = apply_pass(PASS, m)
+    assert out.matches == 1 and out.ops() == ["Add", "Mul", "Add"]
+    scale = next(i for i in out.after.graph.initializer if i.name.endswith("_bn_scale"))
+    assert list(scale.dims) == [4, 1, 1]
+    assert_close(out)
+
+
 # --- where the fold must not fire -------------------------------------------------------------------
 
 def _refused(m: onnx.ModelProto, *ops: str) -> None:
+    """Nothing rewritten at all: not even the Mul+Add fallback applies."""
     out = apply_pass(PASS, m)
     assert out.matches == 0, out.ops()
     assert out.ops() == list(ops)
     assert out.parity.max_abs == 0.0
+
+
+def _not_folded(m: onnx.ModelProto, *ops: str) -> None:
+    """The fold is refused: the linear node keeps its original weights, the BN becomes Mul+Add."""
+    out = apply_pass(PASS, m)
+    assert out.ops() == list(ops)
+    before = {i.name: onnx.numpy_helper.to_array(i) for i in m.graph.initializer}
+    for node in out.after.graph.node:
+        if node.op_type in ("Conv", "Gemm", "MatMul"):
+            assert node.input[1] in before, f"{node.op_type} weight {node.input[1]} was rewritten"
+    assert_close(out)
 
 
 def test_runtime_bn_mean_is_not_folded():
@@ -178,7 +236,7 @@ def test_bn_before_padded_conv_is_not_folded():
             n = BatchNormalization(x, s, b, m, v)
             y = Conv<pads=[1,1,1,1]>(n, w)
         }""", w=random_weight((5, 4, 3, 3)), **bn(4))
-    _refused(m, "BatchNormalization", "Conv")
+    _not_folded(m, "Mul", "Add", "Conv")
 
 
 def test_conv_output_with_another_consumer_is_not_folded():
@@ -189,7 +247,7 @@ def test_conv_output_with_another_consumer_is_not_folded():
             y = BatchNormalization(c, s, b, m, v)
             r = Relu(c)
         }""", w=random_weight((4, 3, 1, 1)), **bn(4))
-    _refused(m, "Conv", "BatchNormalization", "Relu")
+    _not_folded(m, "Conv", "Mul", "Add", "Relu")
 
 
 def test_bn_after_batched_matmul_is_not_folded():
@@ -199,7 +257,18 @@ def test_bn_after_batched_matmul_is_not_folded():
             c = MatMul(x, w)
             y = BatchNormalization(c, s, b, m, v)
         }""", w=random_weight((8, 3)), **bn(3))
-    _refused(m, "MatMul", "BatchNormalization")
+    _not_folded(m, "MatMul", "Mul", "Add")
+
+
+def test_bn1d_after_flatten_merging_the_feature_axis_is_not_folded():
+    # (1, 4, 2) flattened at axis 1 is (1, 8): BN's 8 channels mix tokens and features, not W's columns.
+    m = build("""
+        g (float[1,4,3] x, float[3,2] w, float[8] s, float[8] b, float[8] m, float[8] v) => (float[1,8] y) {
+            c = MatMul(x, w)
+            f = Flatten<axis=1>(c)
+            y = BatchNormalization(f, s, b, m, v)
+        }""", w=random_weight((3, 2)), **bn(8))
+    _not_folded(m, "MatMul", "Flatten", "Mul", "Add")
 
 
 def test_training_mode_bn_is_not_folded():
