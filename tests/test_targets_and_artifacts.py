@@ -60,3 +60,17 @@ def test_atomic_path_and_report_names(tmp_path):
             raise ValueError
     assert list(tmp_path.iterdir()) == []
     assert report_paths(target, "export") == (tmp_path / "m.export.json", tmp_path / "m.export.md")
+
+
+def test_outputs_get_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    with atomic_path(tmp_path / "m.onnx") as tmp:
+        tmp.write_text("model")
+    with atomic_dir(tmp_path / "out") as d:
+        (d / "x").write_text("x")
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "m.onnx").stat().st_mode) == 0o666 & ~mask
+    assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o777 & ~mask
