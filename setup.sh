@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One command for a newcomer on a fresh Debian machine: installs everything edgevit needs into .venv
 # (system packages too, when a backend needs them) and runs the main job on the default model.
-#   ./setup.sh            set up, then export + analyze efficientformer_l1 into out/
+#   ./setup.sh            set up, then export, analyze and compile (rpi4) efficientformer_l1 into out/
 #   ./setup.sh --no-demo  set up only
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -31,4 +31,5 @@ if [ "${1:-}" != "--no-demo" ]; then
   mkdir -p out
   .venv/bin/edgevit export efficientformer_l1 -o out/efficientformer_l1.onnx
   .venv/bin/edgevit analyze out/efficientformer_l1.onnx -o out/efficientformer_l1.onnx --top 5
+  .venv/bin/edgevit compile --target rpi4 efficientformer_l1 -o out/efficientformer_l1-rpi4
 fi

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 from . import __version__, ui
@@ -46,11 +45,11 @@ def cmd_models(args) -> int:
         return 0
     table = Table(title=f"edgevit zoo: {len(rows)} models, {len({r['family'] for r in rows})} families")
     for col, justify in (("model", "left"), ("family", "left"), ("input", "right"),
-                         ("params", "right"), ("MACs", "right")):
+                         ("params", "right"), ("MACs", "right"), ("int8 weights", "right")):
         table.add_column(col, justify=justify, no_wrap=(col == "model"))
     for r in rows:
         table.add_row(r["name"], r["family"], "x".join(map(str, r["input_size"])),
-                      _human(r["params"]), _human(r["macs"]))
+                      _human(r["params"]), _human(r["macs"]), _bytes(r["int8_weight_bytes"]))
     ui.console.print(table)
     return 0
 
@@ -87,7 +86,6 @@ def cmd_export(args) -> int:
 # ---------------------------------------------------------------------------------------------- analyze
 def _load_for_analysis(args):
     """An ONNX model for MODEL: loaded as is, or exported first (zoo name / python factory)."""
-    import onnx
 
     from .frontend.export import export, simplify
     from .frontend.source import resolve

@@ -171,16 +171,21 @@ def _cache_dir() -> Path:
     return path
 
 
-def count_params_macs(model, input_size: tuple[int, int], batch: int = 1) -> tuple[int, int]:
-    """Parameters and multiply-accumulates of one forward pass (FlopCounterMode counts 2 flops per MAC)."""
+def count_params_macs(model, input_size: tuple[int, int], batch: int = 1) -> tuple[int, int, int]:
+    """Parameters, MACs of one forward pass (FlopCounterMode counts 2 flops per MAC), and int8 weight bytes.
+
+    int8 bytes: weight tensors (rank ≥ 2) at 1 byte per value, vectors (biases, norm and scale params) at
+    4 bytes as int32 — before BatchNorm folding, so an upper bound on what the MCU backend stores.
+    """
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     params = sum(p.numel() for p in model.parameters())
+    int8_bytes = sum(p.numel() * (1 if p.dim() >= 2 else 4) for p in model.parameters())
     x = torch.randn(batch, 3, *input_size)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(x)
-    return params, counter.get_total_flops() // 2
+    return params, counter.get_total_flops() // 2, int8_bytes
 
 
 def stats(name: str, input_size: tuple[int, int] | None = None) -> dict:
@@ -190,15 +195,15 @@ def stats(name: str, input_size: tuple[int, int] | None = None) -> dict:
 
     entry = lookup(name)
     hw = tuple(input_size) if input_size else entry.input_size
-    key = f"{name}@{hw[0]}x{hw[1]}|timm{timm.__version__}|torch{torch.__version__}"
+    key = f"v2|{name}@{hw[0]}x{hw[1]}|timm{timm.__version__}|torch{torch.__version__}"
     cache_file = _cache_dir() / "zoo_stats.json"
     try:
         cache = json.loads(cache_file.read_text())
     except (OSError, ValueError):
         cache = {}
     if key not in cache:
-        params, macs = count_params_macs(create(name, hw), hw)
-        cache[key] = {"params": params, "macs": macs}
+        params, macs, int8_bytes = count_params_macs(create(name, hw), hw)
+        cache[key] = {"params": params, "macs": macs, "int8_weight_bytes": int8_bytes}
         tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(cache, indent=1, sort_keys=True))
         os.replace(tmp, cache_file)

@@ -58,7 +58,16 @@ def test_models_command_lists_a_family_as_json():
     rows = json.loads(proc.stdout)
     assert [r["name"] for r in rows] == ["shvit_s1", "shvit_s2", "shvit_s3", "shvit_s4"]
     assert all(r["params"] > 1e6 and r["macs"] > 1e8 for r in rows)
+    assert all(r["params"] < r["int8_weight_bytes"] < 1.1 * r["params"] for r in rows)
     assert rows[0]["macs"] < rows[-1]["macs"]
+
+
+def test_mcu_family_fits_stm32_flash():
+    proc = run_cli("models", "--family", "mcu", "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)
+    assert len(rows) >= 3
+    assert all(r["int8_weight_bytes"] < 1024 * 1024 for r in rows)  # STM32F746: 1 MB flash
 
 
 def test_models_command_rejects_unknown_family():

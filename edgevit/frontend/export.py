@@ -69,7 +69,7 @@ def _quiet():
             yield
 
 
-def _torch_to_onnx(module, example, opset: int, exporter: str, path: Path) -> None:
+def torch_to_onnx(module, example, opset: int, exporter: str, path: Path) -> None:
     import torch
 
     try:
@@ -147,7 +147,7 @@ def _export_torch(source, input_size, batch, opset, tolerance, samples, exporter
     t = time.perf_counter()
     with ui.step(f"export to ONNX (opset {opset}, {exporter})"), tempfile.TemporaryDirectory() as tmp:
         raw_path = Path(tmp) / "raw.onnx"
-        _torch_to_onnx(module, example, opset, exporter, raw_path)
+        torch_to_onnx(module, example, opset, exporter, raw_path)
         raw = onnx.load(str(raw_path))
     timings["export"] = time.perf_counter() - t
 

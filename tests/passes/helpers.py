@@ -49,5 +49,26 @@ def apply_pass(p: Pass, model: onnx.ModelProto, samples: int = 3) -> Outcome:
     return Outcome(matches, model, after, parity)
 
 
+def assert_refused(p: Pass, model: onnx.ModelProto) -> None:
+    """`p` must leave `model` exactly as it was."""
+    before = [n.op_type for n in model.graph.node]
+    out = apply_pass(p, model)
+    assert out.matches == 0 and out.ops() == before
+    assert out.parity.max_abs == 0.0
+
+
+def export_module(module, example, exporter: str, opset: int) -> onnx.ModelProto:
+    """A small torch module through the project's exporter + onnxsim (either exporter's graph shape)."""
+    import tempfile
+    from pathlib import Path
+
+    from edgevit.frontend.export import simplify, torch_to_onnx
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "m.onnx"
+        torch_to_onnx(module.eval(), example, opset, exporter, path)
+        return simplify(onnx.load(str(path)))
+
+
 def random_weight(shape, seed=0, scale=0.5) -> np.ndarray:
     return (np.random.default_rng(seed).standard_normal(shape) * scale).astype(np.float32)

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import tempfile
-import warnings
-from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 import torch
 
-from edgevit.frontend.export import export, simplify
+from edgevit.frontend.export import export
 from edgevit.frontend.source import resolve
 from edgevit.passes.canonicalize_layernorm import PASS
 
-from .helpers import apply_pass, model_from_text, random_weight
+from .helpers import apply_pass, export_module, model_from_text, random_weight
 
 
 def _floats(a) -> str:
@@ -130,15 +127,7 @@ class _Tiny(torch.nn.Module):
 
 
 def _export_tiny(exporter: str, opset: int) -> onnx.ModelProto:
-    x = torch.randn(1, 10, 32)
-    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        path = Path(tmp) / "tiny.onnx"
-        if exporter == "dynamo":
-            torch.onnx.export(_Tiny().eval(), (x,), dynamo=True, opset_version=opset, verbose=False).save(str(path))
-        else:
-            torch.onnx.export(_Tiny().eval(), (x,), str(path), opset_version=opset, dynamo=False)
-        return simplify(onnx.load(str(path)))
+    return export_module(_Tiny(), torch.randn(1, 10, 32), exporter, opset)
 
 
 @pytest.mark.parametrize("exporter, opset, matches", [("torchscript", 16, 3), ("dynamo", 18, 0)])
