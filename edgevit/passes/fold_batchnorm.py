@@ -31,6 +31,8 @@ generalize them, and fold-layer-scale and reparameterize-branches build on the s
 
 from __future__ import annotations
 
+import abc
+
 import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter import RewriteRuleSet
@@ -97,8 +99,9 @@ class FoldAfter(RewriteRuleClassBase):
     def linear(self, op, x):
         return getattr(op, self.producer)(x, _allow_other_inputs=True, _outputs=["prod"])
 
+    @abc.abstractmethod
     def scale_shift(self, node: ir.Node, data: ir.Value, site: Site):
-        raise NotImplementedError
+        """(s, t) of the per-channel map at `site`, or a reason string why it is not one."""
 
     def plan(self, prod: ir.Value, out: ir.Value, **_) -> Linear | str:
         lin = read_linear(prod.producer())
@@ -130,8 +133,9 @@ class FoldBefore(RewriteRuleClassBase):
     def linear(self, op, v):
         return getattr(op, self.consumer)(v, _allow_other_inputs=True, _outputs=["out"])
 
+    @abc.abstractmethod
     def scale_shift(self, node: ir.Node, data: ir.Value, site: Site):
-        raise NotImplementedError
+        """(s, t) of the per-channel map at `site`, or a reason string why it is not one."""
 
     def plan(self, x: ir.Value, mid: ir.Value, out: ir.Value) -> Linear | str:
         lin = read_linear(out.producer())

@@ -187,7 +187,7 @@ def test_standalone_bn_becomes_mul_add():
 
 # --- where the fold must not fire -------------------------------------------------------------------
 
-def _refused(m: onnx.ModelProto, *ops: str) -> None:
+def assert_untouched(m: onnx.ModelProto, *ops: str) -> None:
     """Nothing rewritten at all: not even the Mul+Add fallback applies."""
     out = apply_pass(PASS, m)
     assert out.matches == 0, out.ops()
@@ -195,7 +195,7 @@ def _refused(m: onnx.ModelProto, *ops: str) -> None:
     assert out.parity.max_abs == 0.0
 
 
-def _not_folded(m: onnx.ModelProto, *ops: str) -> None:
+def assert_bn_left_as_mul_add(m: onnx.ModelProto, *ops: str) -> None:
     """The fold is refused: the linear node keeps its original weights, the BN becomes Mul+Add."""
     out = apply_pass(PASS, m)
     assert out.ops() == list(ops)
@@ -213,7 +213,7 @@ def test_runtime_bn_mean_is_not_folded():
             c = Conv(x, w)
             y = BatchNormalization(c, s, b, m, v)
         }""", w=random_weight((4, 3, 1, 1)), **{k: a for k, a in bn(4).items() if k != "m"})
-    _refused(m, "Conv", "BatchNormalization")
+    assert_untouched(m, "Conv", "BatchNormalization")
 
 
 def test_overridable_bn_parameters_are_not_folded():
@@ -225,7 +225,7 @@ def test_overridable_bn_parameters_are_not_folded():
             c = Conv(x, w)
             y = BatchNormalization(c, s_input, b, m, v)
         }""", w=random_weight((4, 3, 1, 1)), s_input=p.pop("s"), **p)
-    _refused(m, "Conv", "BatchNormalization")
+    assert_untouched(m, "Conv", "BatchNormalization")
 
 
 def test_bn_before_padded_conv_is_not_folded():
@@ -236,7 +236,7 @@ def test_bn_before_padded_conv_is_not_folded():
             n = BatchNormalization(x, s, b, m, v)
             y = Conv<pads=[1,1,1,1]>(n, w)
         }""", w=random_weight((5, 4, 3, 3)), **bn(4))
-    _not_folded(m, "Mul", "Add", "Conv")
+    assert_bn_left_as_mul_add(m, "Mul", "Add", "Conv")
 
 
 def test_conv_output_with_another_consumer_is_not_folded():
@@ -247,7 +247,7 @@ def test_conv_output_with_another_consumer_is_not_folded():
             y = BatchNormalization(c, s, b, m, v)
             r = Relu(c)
         }""", w=random_weight((4, 3, 1, 1)), **bn(4))
-    _not_folded(m, "Conv", "Mul", "Add", "Relu")
+    assert_bn_left_as_mul_add(m, "Conv", "Mul", "Add", "Relu")
 
 
 def test_bn_after_batched_matmul_is_not_folded():
@@ -257,7 +257,7 @@ def test_bn_after_batched_matmul_is_not_folded():
             c = MatMul(x, w)
             y = BatchNormalization(c, s, b, m, v)
         }""", w=random_weight((8, 3)), **bn(3))
-    _not_folded(m, "MatMul", "Mul", "Add")
+    assert_bn_left_as_mul_add(m, "MatMul", "Mul", "Add")
 
 
 def test_bn1d_after_flatten_merging_the_feature_axis_is_not_folded():
@@ -268,7 +268,7 @@ def test_bn1d_after_flatten_merging_the_feature_axis_is_not_folded():
             f = Flatten<axis=1>(c)
             y = BatchNormalization(f, s, b, m, v)
         }""", w=random_weight((3, 2)), **bn(8))
-    _not_folded(m, "MatMul", "Flatten", "Mul", "Add")
+    assert_bn_left_as_mul_add(m, "MatMul", "Flatten", "Mul", "Add")
 
 
 def test_training_mode_bn_is_not_folded():
