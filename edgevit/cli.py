@@ -247,6 +247,73 @@ def cmd_compile(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------ tune/bench
+def _remote(args) -> dict | None:
+    """--rpc / --tracker --key as {"host", "port", "key"}, checked reachable before any model work."""
+    from .backends.tvm.tune import parse_endpoint, require_reachable
+
+    rpc, tracker, key = getattr(args, "rpc", None), getattr(args, "tracker", None), getattr(args, "key", None)
+    if rpc and tracker:
+        raise EdgevitError("give either --rpc HOST:PORT or --tracker HOST:PORT --key K, not both")
+    if tracker and not key:
+        raise EdgevitError("--tracker needs --key (the device key the RPC servers registered with)")
+    if key and not tracker:
+        raise EdgevitError("--key goes with --tracker HOST:PORT")
+    if not (rpc or tracker):
+        return None
+    host, port = parse_endpoint(rpc or tracker, "--rpc" if rpc else "--tracker")
+    require_reachable(host, port, "TVM RPC server" if rpc else "TVM RPC tracker")
+    return {"host": host, "port": port, "key": key}
+
+
+def cmd_tune(args) -> int:
+    from . import targets
+    from .backends.tvm.tune import is_native, run_tune
+    from .passes import pipeline
+
+    target = targets.load(args.target)
+    remote = _remote(args)
+    if target.backend == "tvm" and not is_native(target) and remote is None:  # fail before any model work
+        raise EdgevitError(f"target {target.name} runs on {target.options.get('runtime_arch')}, not on this host: "
+                           "pass --rpc HOST:PORT (or --tracker HOST:PORT --key K)")
+    source, model = _load_for_analysis(args)
+    optimized, _ = pipeline.run(model, pipeline.select(_csv(args.passes), _csv(args.skip)))
+    run_tune(optimized, target, source.name, args.trials, tuple(args.input_size) if args.input_size else None, remote)
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from . import targets
+    from .artifacts import atomic_dir
+    from .bench.host import run_bench
+    from .passes import pipeline
+
+    target = targets.load(args.target)
+    if args.tracker or args.key:
+        raise EdgevitError("bench takes --rpc HOST:PORT (a direct RPC server), not --tracker")
+    remote = _remote(args)
+    from .backends.tvm.tune import is_native
+    from .frontend.source import resolve
+
+    if target.backend == "tvm" and not is_native(target) and remote is None:  # fail before any model work
+        raise EdgevitError(f"target {target.name} runs on {target.options.get('runtime_arch')}, not on this host: "
+                           "pass --rpc HOST:PORT of a TVM RPC server on the device")
+
+    if resolve(args.model).is_torch:  # a python factory builds the same weights for export and timing
+        import torch
+
+        torch.manual_seed(0)
+    source, model = _load_for_analysis(args)
+    out_dir = Path(args.output or f"out/bench/{source.name}-{target.name}")
+    optimized, _ = pipeline.run(model, pipeline.select(_csv(args.passes), _csv(args.skip)))
+    with atomic_dir(out_dir) as tmp:
+        payload = run_bench(source, model, optimized, target, tmp, tuple(args.input_size) if args.input_size else None,
+                            args.runs, (remote["host"], remote["port"]) if remote else None)
+    parts = [f"{r['runtime']} {r['median_ms']:.3f} ms ({r['ratio_vs_onnxruntime']:.2f}× ORT)" for r in payload["results"]]
+    ui.console.print(f"[bold]wrote[/bold] {out_dir}/ ({'; '.join(parts)})")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------- parsing
 def _add_shape_args(p: argparse.ArgumentParser, batch_default: int | None = 1) -> None:
     p.add_argument("--input-size", nargs=2, type=int, metavar=("H", "W"),
@@ -305,6 +372,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--passes", help="comma-separated passes to run (default: all)")
     p.add_argument("--skip", help="comma-separated passes to leave out")
     p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("tune", help="MetaSchedule-tune MODEL for a TVM target into schedules/<target>/<model>/")
+    p.add_argument("model", help="zoo name, path to a .onnx file, or path/to/file.py:factory")
+    p.add_argument("--target", required=True, help="TVM target name (see `edgevit targets`)")
+    p.add_argument("--trials", type=int, default=16,
+                   help="measured candidates per task (default: 16); a rerun spends only what is missing")
+    _add_shape_args(p, batch_default=None)
+    p.add_argument("--rpc", metavar="HOST:PORT", help="measure on a device running a TVM RPC server")
+    p.add_argument("--tracker", metavar="HOST:PORT", help="measure on devices registered with a TVM RPC tracker")
+    p.add_argument("--key", help="device key at the --tracker")
+    p.add_argument("--passes", help="comma-separated passes to run (default: all; match what you compile with)")
+    p.add_argument("--skip", help="comma-separated passes to leave out")
+    p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("bench", help="time the TVM build vs onnxruntime vs PyTorch on the same inputs")
+    p.add_argument("model", help="zoo name, path to a .onnx file, or path/to/file.py:factory")
+    p.add_argument("--target", required=True, help="TVM target name (see `edgevit targets`)")
+    p.add_argument("-o", "--output", help="report folder (default: out/bench/<model>-<target>)")
+    _add_shape_args(p, batch_default=None)
+    p.add_argument("--runs", type=int, default=20, help="timed runs per runtime after one warm-up (default: 20)")
+    p.add_argument("--rpc", metavar="HOST:PORT", help="time the TVM library on a device's TVM RPC server")
+    p.add_argument("--tracker", help=argparse.SUPPRESS)
+    p.add_argument("--key", help=argparse.SUPPRESS)
+    p.add_argument("--passes", help="comma-separated passes to run (default: all)")
+    p.add_argument("--skip", help="comma-separated passes to leave out")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("optimize", help="run the pass pipeline (fold BN, reparameterize, fuse attention, ...)")
     p.add_argument("model", nargs="?", help="zoo name, path to a .onnx file, or path/to/file.py:factory")

@@ -65,3 +65,24 @@ def test_analyze_a_zoo_name(tmp_path):
     assert proc.returncode == 0, proc.stderr
     report = json.loads((tmp_path / "m.analysis.json").read_text())
     assert report["op_histogram"]["BatchNormalization"] > 0 and report["macs"] > 1e7
+
+
+def test_fused_attention_keeps_its_mac_count():
+    import onnx_ir as ir
+
+    from edgevit.passes.fuse_attention import PASS
+
+    from .passes.helpers import model_from_text
+
+    model = model_from_text("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[2, 3, 5, 4] q, float[2, 3, 4, 7] kt, float[2, 3, 7, 6] v) => (float[2, 3, 5, 6] y) {
+            s = MatMul(q, kt)
+            p = Softmax<axis = -1>(s)
+            y = MatMul(p, v)
+        }""")
+    fused = ir.from_proto(model)
+    assert PASS.run(fused) == 1
+    fused = ir.to_proto(fused)
+    assert [n.op_type for n in fused.graph.node] == ["Attention"]
+    assert analyze(fused).macs == analyze(model).macs == 2 * 3 * 5 * 7 * (4 + 6)

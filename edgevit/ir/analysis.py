@@ -94,7 +94,11 @@ def node_macs(node: onnx.NodeProto, shapes: dict[str, list[int]]) -> int:
     if op == "Gemm" and ins[0] is not None:
         k = ins[0][0] if _attr(node, "transA", 0) else ins[0][-1]
         return _numel(out) * k
-    if op == "Attention" and ins[0] is not None and len(ins) > 2 and ins[1] is not None and ins[2] is not None:
+    if op == "Attention" and node.domain == "edgevit" and ins[0] is not None and len(ins) > 1 and ins[1]:
+        # edgevit.Attention(Q, Kᵀ, V): Q·Kᵀ is |Q|·S_kv MACs, P·V (or V·Pᵀ) is |out|·S_kv.
+        return (_numel(ins[0]) + _numel(out)) * ins[1][-1]
+    if op == "Attention" and node.domain in ("", "ai.onnx") and ins[0] is not None and len(ins) > 2 \
+            and ins[1] is not None and ins[2] is not None:
         # opset-23 Attention on (B, H, S, D) or (B, S, H*D): QKᵀ and ·V, each S_q·S_kv·D per head.
         q, k, v = ins[0], ins[1], ins[2]
         if len(q) == 4:

@@ -66,15 +66,58 @@ def _constants_as_tensors(model: onnx.ModelProto) -> None:
             node.attribute.append(onnx.helper.make_attribute("value", tensor))
 
 
-def _database_folder(target, name: str) -> Path | None:
-    folder = schedules_dir() / target.name / name
-    files = [folder / "database_workload.json", folder / "database_tuning_record.json"]
-    present = [f.exists() for f in files]
-    if not any(present):
-        return None
-    if not all(present):
-        raise EdgevitError(f"{folder}: needs both database_workload.json and database_tuning_record.json")
-    return folder
+def schedule_folder_name(name: str, input_size: tuple[int, int] | None) -> str:
+    """`<model>` for the model's default input size, `<model>-<H>x<W>` for a size given with --input-size."""
+    return f"{name}-{input_size[0]}x{input_size[1]}" if input_size else name
+
+
+def _image_size(inputs: list[dict]) -> tuple[int, int] | None:
+    for spec in inputs:
+        if len(spec["shape"]) == 4:
+            return tuple(spec["shape"][2:])  # type: ignore[return-value]
+    return None
+
+
+def _database_folder(target, name: str, inputs: list[dict] | None = None) -> Path | None:
+    """`<target>/<model>-<H>x<W>/` (tuned with --input-size) if present, else `<target>/<model>/`."""
+    size = _image_size(inputs or [])
+    names = ([schedule_folder_name(name, size)] if size else []) + [name]
+    for candidate in names:
+        folder = schedules_dir() / target.name / candidate
+        files = [folder / "database_workload.json", folder / "database_tuning_record.json"]
+        present = [f.exists() for f in files]
+        if not any(present):
+            continue
+        if not all(present):
+            raise EdgevitError(f"{folder}: needs both database_workload.json and database_tuning_record.json")
+        return folder
+    return None
+
+
+def prepare(model: onnx.ModelProto, target):
+    """What compile and tune share: (inlined model, input specs, adapter, TVM target, lowered module).
+
+    Tuning and compiling must lower identically, or a database's workloads would not match.
+    """
+    opts = target.options
+    if target.backend != "tvm" or not isinstance(opts.get("target"), dict):
+        raise EdgevitError(f"{target.path}: the [tvm] table needs a 'target' table (TVM target dict)")
+    model = onnx.inliner.inline_local_functions(model)
+    _constants_as_tensors(model)
+    inputs = _tensor_specs(model)
+
+    from . import adapter
+
+    bad = adapter.unsupported_ops(model)
+    if bad:
+        raise EdgevitError(f"TVM's ONNX importer cannot convert {len(bad)} op type(s): {', '.join(bad)}; "
+                           "nothing was compiled")
+    tvm_target = adapter.make_target(opts["target"], str(target.path))
+    with ui.step("import ONNX into TVM Relax"):
+        mod = adapter.import_onnx(model, {s["name"]: s["shape"] for s in inputs}, {s["name"]: s["dtype"] for s in inputs})
+    with ui.step("lower to TIR (legalize, fold, fuse)"):
+        mod = adapter.lower(mod, tvm_target)
+    return model, inputs, adapter, tvm_target, mod
 
 
 def _database_hash(folder: Path) -> str:
@@ -119,7 +162,7 @@ def compile_model(model: onnx.ModelProto, target, out_dir: Path, name: str, args
                 {s["name"]: s["shape"] for s in inputs}, {s["name"]: s["dtype"] for s in inputs})
     mod = timed("lower", "lower to TIR (legalize, fold, fuse)", adapter.lower, mod, tvm_target)
     schedules = {"status": "untuned", "database": None, "sha256": None}
-    folder = _database_folder(target, name)
+    folder = _database_folder(target, name, inputs)
     if folder:
         mod = timed("apply_schedules", f"apply MetaSchedule database {folder}", adapter.apply_database,
                     mod, tvm_target, adapter.load_database(folder))

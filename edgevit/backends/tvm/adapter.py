@@ -170,3 +170,104 @@ def run_rpc(library: Path, inputs: list[np.ndarray], host: str, port: int,
     outputs = _outputs(vm["main"](*args))
     timer = vm.time_evaluator("main", dev, number=1, repeat=repeat)
     return outputs, float(timer(*args).median)
+
+
+# ------------------------------------------------------------------------------------------- tuning
+def _direct_session(config):
+    """RPCRunner session for a bare RPC server (no tracker): RPCConfig's tracker fields carry host/port."""
+    from tvm import rpc
+
+    return rpc.connect(config.tracker_host, int(config.tracker_port), session_timeout=config.session_timeout_sec)
+
+
+class Tuner:
+    """Tunes the tasks of a `lower`ed module one bounded chunk at a time.
+
+    The builder and runner (and their worker processes, slow to start on 2 cores) are shared by all
+    chunks; each chunk tunes one task into its own JSON database, which is complete when `tune_task`
+    returns (MetaSchedule joins records lazily, so only a finished chunk is a committed one).
+    """
+
+    def __init__(self, mod: tvm.IRModule, target: tvm.target.Target, rpc: dict | None = None):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.tasks = ms.relax_integration.extract_tasks(mod, target)
+        self.target = target
+        self.rpc = rpc
+        self.builder = self.runner = None  # started by the first chunk: a resumed run may need none
+
+    def _workers(self) -> None:
+        if self.builder is not None:
+            return
+        self.builder = ms.builder.LocalBuilder(max_workers=1, timeout_sec=600)
+        rpc = self.rpc
+        if rpc is None:
+            self.runner = ms.runner.LocalRunner(timeout_sec=120)
+        else:  # {"host", "port", "key" (None: a bare server), "timeout"}
+            config = ms.runner.RPCConfig(tracker_host=rpc["host"], tracker_port=int(rpc["port"]),
+                                         tracker_key=rpc.get("key") or "edgevit-direct",
+                                         session_timeout_sec=int(rpc.get("timeout", 60)))
+            self.runner = ms.runner.RPCRunner(config, f_create_session=None if rpc.get("key") else _direct_session,
+                                              max_workers=1)
+
+    def task_names(self) -> list[str]:
+        return [t.task_name for t in self.tasks]
+
+    def task_weights(self) -> list[float]:
+        return [float(t.weight) for t in self.tasks]
+
+    def records(self, folder: Path) -> list[tuple[int, float | None]]:
+        """Per task: (tuning records in the database in `folder`, best mean latency in seconds or None)."""
+        if not (folder / "database_workload.json").exists():
+            return [(0, None) for _ in self.tasks]
+        db = load_database(folder)
+        from tvm_ffi import structural_equal, structural_hash
+
+        by_hash: dict[int, list] = {}
+        for rec in db.get_all_tuning_records():
+            by_hash.setdefault(structural_hash(rec.workload.mod), []).append(rec)
+        out = []
+        for task in self.tasks:
+            recs = [r for r in by_hash.get(structural_hash(task.dispatched[0]), [])
+                    if structural_equal(r.workload.mod, task.dispatched[0])]
+            times = [float(np.mean([float(s) for s in r.run_secs])) for r in recs
+                     if r.run_secs is not None and len(r.run_secs) and min(float(s) for s in r.run_secs) < 1e9]
+            out.append((len(recs), min(times) if times else None))
+        return out
+
+    def tune_task(self, index: int, work_dir: Path, trials: int) -> None:
+        """Spend up to `trials` measurements on task `index`; records land in `work_dir`'s JSON database."""
+        self._workers()
+        task = self.tasks[index]
+        db = ms.database.JSONDatabase(path_workload=str(work_dir / "database_workload.json"),
+                                      path_tuning_record=str(work_dir / "database_tuning_record.json"))
+        logs = work_dir / "logs"
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            try:
+                contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts([task], str(logs))
+                ms.tune.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(logs),
+                                   max_trials_global=trials, max_trials_per_task=trials,
+                                   num_trials_per_iter=min(trials, 64), builder=self.builder, runner=self.runner,
+                                   database=db)
+            except Exception as exc:  # finished chunks stay committed; say which task broke
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise EdgevitError(f"MetaSchedule failed while tuning task {task.task_name}: {first} "
+                                   f"(logs in {logs} are removed; tasks tuned before it are kept)") from None
+
+
+def time_local(library: Path, inputs: list[np.ndarray], runs: int, warmup: int = 1) -> tuple[list[np.ndarray], list[float]]:
+    """(outputs, per-run wall seconds) of a host-arch library in the Relax VM, inputs already on the device."""
+    import time
+
+    vm = relax.VirtualMachine(tvm.runtime.load_module(str(library)), tvm.cpu())
+    args = [tvm.runtime.tensor(a) for a in inputs]
+    outputs = _outputs(vm["main"](*args))
+    for _ in range(warmup):
+        vm["main"](*args)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        vm["main"](*args)
+        times.append(time.perf_counter() - start)
+    return outputs, times

@@ -1,0 +1,135 @@
+"""`edgevit tune`: MetaSchedule tuning into schedules/<target>/<model>/, in committed, resumable chunks.
+
+The model is lowered exactly as `compile` lowers it (`prepare`), so the database matches at compile time.
+`--trials N` is a budget *per task*. Each task is one chunk: it is tuned in a scratch copy of the
+database, and the copy replaces the committed files only when the chunk finished, so a run killed at any
+point keeps every finished task. Re-running counts the trials already spent per task (records in the
+database, or the ledger `edgevit_tune.json` if MetaSchedule measured fewer candidates than budgeted) and
+spends only what remains. With `--input-size` the folder is `<model>-<H>x<W>`, which compile prefers
+for a model of that size.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import socket
+import tempfile
+import time
+from pathlib import Path
+
+import onnx
+
+from ... import ui
+from ...artifacts import atomic_path, write_text_atomic
+from ...errors import EdgevitError
+from . import prepare, schedule_folder_name, schedules_dir
+
+DB_FILES = ("database_workload.json", "database_tuning_record.json")  # workloads first: records index them
+LEDGER = "edgevit_tune.json"
+CONNECT_TIMEOUT = 5.0
+
+
+def parse_endpoint(value: str, flag: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise EdgevitError(f"{flag} {value}: expected HOST:PORT (e.g. 192.168.1.20:9090)")
+    return host, int(port)
+
+
+def require_reachable(host: str, port: int, what: str, timeout: float = CONNECT_TIMEOUT) -> None:
+    """A TCP connect to host:port, so an unreachable device fails in seconds with one line, not a hang."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except OSError as exc:
+        why = "timed out" if isinstance(exc, socket.timeout) else (exc.strerror or str(exc))
+        raise EdgevitError(f"cannot reach the {what} at {host}:{port} ({why}; connect timeout {timeout:g} s)") from None
+
+
+def is_native(target) -> bool:
+    return target.options.get("runtime_arch", platform.machine()) == platform.machine()
+
+
+def _ms(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return f"{seconds * 1e3:.3f} ms" if seconds >= 1e-3 else f"{seconds * 1e6:.1f} µs"
+
+
+def _estimate(weights: list[float], best: list[float | None]) -> float | None:
+    """Σ weight × best latency over the tasks with a valid record (a rough model latency)."""
+    known = [w * b for w, b in zip(weights, best) if b is not None]
+    return sum(known) if known else None
+
+
+def run_tune(model: onnx.ModelProto, target, name: str, trials: int, input_size: tuple[int, int] | None,
+             remote: dict | None = None) -> dict:
+    """Tune `model` for `target`; `remote` = {"host", "port", "key" (tracker) or None (bare server)}."""
+    if trials < 0:
+        raise EdgevitError(f"--trials {trials}: must be >= 0")
+    if target.backend != "tvm":
+        raise EdgevitError(f"target {target.name} uses the {target.backend} backend; tuning is for TVM targets")
+    if remote is None and not is_native(target):
+        raise EdgevitError(f"target {target.name} runs on {target.options.get('runtime_arch')}, not on this "
+                           f"{platform.machine()} host: pass --rpc HOST:PORT (or --tracker HOST:PORT --key K)")
+    folder = schedules_dir() / target.name / schedule_folder_name(name, input_size)
+    _, inputs, adapter, tvm_target, mod = prepare(model, target)
+    with ui.step("extract MetaSchedule tasks"):
+        tuner = adapter.Tuner(mod, tvm_target, remote)
+    names, weights = tuner.task_names(), tuner.task_weights()
+    if not names:
+        raise EdgevitError(f"{name}: MetaSchedule found no tunable tasks")
+    ledger_path = folder / LEDGER
+    ledger = json.loads(ledger_path.read_text()) if ledger_path.exists() else {}
+    spent_before = ledger.get("tasks", {})
+    counts = tuner.records(folder)
+    spent = [max(n, int(spent_before.get(t, {}).get("trials", 0))) for t, (n, _) in zip(names, counts)]
+    best = [b for _, b in counts]
+    todo = [i for i in range(len(names)) if spent[i] < trials]
+    ui.console.print(f"{name} → {target.name}: {len(names)} tasks, {trials} trials per task; "
+                     f"{len(names) - len(todo)} already have their budget; database {folder}")
+
+    def save_ledger() -> None:
+        doc = {"model": name, "target": target.name, "tvm_target": target.options["target"], "inputs": inputs,
+               "trials_per_task": max(trials, int(ledger.get("trials_per_task", 0))),
+               "tasks": {t: {"trials": s, "weight": w, "best_seconds": b}
+                         for t, s, w, b in zip(names, spent, weights, best)}}
+        write_text_atomic(ledger_path, json.dumps(doc, indent=2) + "\n")
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    new_trials, start = 0, time.perf_counter()
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("{task.fields[best]}"))
+    folder.mkdir(parents=True, exist_ok=True)
+    with Progress(*columns, console=ui.console) as progress:
+        bar = progress.add_task("tuning tasks", total=len(names), completed=len(names) - len(todo),
+                                best=f"model ≈ {_ms(_estimate(weights, best))}")
+        for i in todo:
+            budget = trials - spent[i]
+            progress.update(bar, description=f"{names[i]} ({budget} trials)")
+            with tempfile.TemporaryDirectory(prefix=f".{folder.name}.", suffix=".part", dir=folder.parent) as tmp:
+                work = Path(tmp)
+                for f in DB_FILES:
+                    if (folder / f).exists():
+                        shutil.copyfile(folder / f, work / f)
+                tuner.tune_task(i, work, budget)
+                for f in DB_FILES:  # commit this chunk
+                    with atomic_path(folder / f) as part:
+                        shutil.copyfile(work / f, part)
+            n, b = tuner.records(folder)[i]
+            new_trials += max(0, n - counts[i][0])
+            spent[i], best[i] = max(n, trials), b
+            save_ledger()
+            progress.update(bar, advance=1, best=f"{names[i]} best {_ms(b)}; model ≈ {_ms(_estimate(weights, best))}")
+    if not todo and not ledger_path.exists():
+        save_ledger()
+    summary = {"database": str(folder), "tasks": len(names), "tuned_tasks": len(todo), "new_records": new_trials,
+               "records": sum(n for n, _ in tuner.records(folder)), "estimate_seconds": _estimate(weights, best),
+               "seconds": round(time.perf_counter() - start, 1)}
+    ui.console.print(f"tuned {len(todo)} of {len(names)} tasks ({new_trials} new records, {summary['records']} in "
+                     f"all) in {summary['seconds']}s; Σ weight×best ≈ {_ms(summary['estimate_seconds'])}; "
+                     f"database {folder}")
+    return summary

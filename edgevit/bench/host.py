@@ -1,0 +1,177 @@
+"""`edgevit bench`: the TVM build vs onnxruntime vs PyTorch eager, one process, the same seeded inputs.
+
+- edgevit: the optimized graph compiled by the TVM backend for the target (shipped schedules applied if
+  `schedules/<target>/<model>/` has them; the report says tuned/untuned), timed in the Relax VM on this
+  host, or on the device through TVM RPC `time_evaluator` for a non-native target (`--rpc HOST:PORT`).
+- onnxruntime: the exported (un-optimized) graph with ORT's own graph optimizations on, CPU provider.
+- PyTorch: the eager module under `torch.inference_mode()` (zoo models and python factories only).
+
+Each is warmed up once, then timed `runs` times; medians are compared, ratios are latency / onnxruntime
+latency (below 1 = faster than onnxruntime). onnxruntime and PyTorch always run on this host, so for
+an RPC target the ratios compare a device with this host: the report says so.
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from .. import ui
+from ..artifacts import md_table, write_report
+from ..errors import EdgevitError
+from ..ir import graph as G
+
+
+def _timed(fn, runs: int, warmup: int = 1) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _max_abs(ref: list[np.ndarray], got: list[np.ndarray]) -> float:
+    return float(max(np.max(np.abs(r.astype(np.float64) - g.astype(np.float64))) for r, g in zip(ref, got)))
+
+
+def _ort(model: onnx.ModelProto, feeds: dict[str, np.ndarray], runs: int):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    outputs = session.run(None, feeds)
+    return list(outputs), _timed(lambda: session.run(None, feeds), runs), f"onnxruntime {ort.__version__}"
+
+
+def _torch(source, input_size: tuple[int, int] | None, feeds: dict[str, np.ndarray], runs: int):
+    import torch
+
+    torch.manual_seed(0)  # as before the export (cmd_bench): a factory's random init gives the same weights
+    module = source.torch_module(input_size).eval()
+    args = [torch.from_numpy(a) for a in feeds.values()]
+    with torch.inference_mode():
+        out = module(*args)
+        outs = [out] if isinstance(out, torch.Tensor) else [o for o in out if isinstance(o, torch.Tensor)]
+        outputs = [o.detach().numpy() for o in outs]
+        times = _timed(lambda: module(*args), runs)
+    return outputs, times, f"PyTorch {torch.__version__} eager, {torch.get_num_threads()} threads"
+
+
+def _chart(path: Path, title: str, rows: list[dict]) -> None:
+    """A horizontal bar chart of median latencies (Pillow: matplotlib is not a dependency)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    width, bar_h, gap, left, top = 760, 34, 16, 150, 56
+    height = top + len(rows) * (bar_h + gap) + 30
+    img = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(img)
+    draw.text((12, 14), title, fill="black", font=font)
+    draw.text((12, 32), "median latency (ms), lower is better; ratio vs onnxruntime", fill="#555555", font=font)
+    longest = max(r["median_ms"] for r in rows) or 1.0
+    colors = {"edgevit (TVM)": "#2a7ab0", "onnxruntime": "#7f7f7f", "PyTorch": "#e07b39"}
+    for k, r in enumerate(rows):
+        y = top + k * (bar_h + gap)
+        length = max(2, int((width - left - 190) * r["median_ms"] / longest))
+        draw.text((12, y + bar_h // 2 - 6), r["runtime"], fill="black", font=font)
+        draw.rectangle([left, y, left + length, y + bar_h], fill=colors.get(r["runtime"], "#4c9a2a"))
+        label = f"{r['median_ms']:.3f} ms" + (f"  ({r['ratio_vs_onnxruntime']:.2f}x)" if r.get("ratio_vs_onnxruntime")
+                                              is not None else "")
+        draw.text((left + length + 8, y + bar_h // 2 - 6), label, fill="black", font=font)
+    img.save(path)
+
+
+def run_bench(source, model: onnx.ModelProto, optimized: onnx.ModelProto, target, out_dir: Path,
+              input_size: tuple[int, int] | None, runs: int, remote: tuple[str, int] | None = None) -> dict:
+    """Benchmark into `out_dir` (a folder the caller moves into place): JSON + Markdown report, PNG chart."""
+    from ..backends.tvm import compile_model
+    from ..backends.tvm.tune import is_native
+
+    if runs < 1:
+        raise EdgevitError(f"--runs {runs}: must be at least 1")
+    if target.backend != "tvm":
+        raise EdgevitError(f"target {target.name} uses the {target.backend} backend; bench runs TVM targets")
+    native = is_native(target)
+    if not native and remote is None:
+        raise EdgevitError(f"target {target.name} runs on {target.options.get('runtime_arch')}, not on this "
+                           f"{platform.machine()} host: pass --rpc HOST:PORT of a TVM RPC server on the device")
+    name = source.name
+    shapes = {vi.name: [int(d) for d in G.value_shape(vi)] for vi in G.graph_inputs(model)}
+    feeds = G.seeded_inputs(model, shapes, seed=0)
+    image = next((s for s in shapes.values() if len(s) == 4), None)
+    size = input_size or (tuple(image[2:]) if image else None)
+
+    build = out_dir / "build"
+    build.mkdir()
+    built = compile_model(optimized, target, build, name=name)
+    library = build / f"{name}.so"
+    schedules = built.report["tvm"]["schedules"]["status"]
+
+    results = []
+    with ui.step(f"onnxruntime × {runs}"):
+        ref, times, version = _ort(model, feeds, runs)
+    results.append({"runtime": "onnxruntime", "device": f"host {platform.machine()}", "version": version,
+                    "times_ms": times})
+    from ..backends.tvm import adapter
+
+    if native:
+        with ui.step(f"edgevit (TVM, {schedules}) × {runs}"):
+            got, times = adapter.time_local(library, list(feeds.values()), runs)
+        device = f"host {platform.machine()}"
+    else:
+        host, port = remote  # type: ignore[misc]
+        with ui.step(f"edgevit (TVM, {schedules}) × {runs} via RPC {host}:{port}"):
+            got, median = adapter.run_rpc(library, list(feeds.values()), host, port, repeat=runs)
+        times = [median]
+        device = f"{target.name} via RPC {host}:{port}"
+    results.insert(0, {"runtime": "edgevit (TVM)", "device": device, "version": f"TVM {adapter.versions()['tvm']}, "
+                       f"{schedules}", "times_ms": times, "max_abs_vs_onnxruntime": _max_abs(ref, got)})
+    if source.is_torch:
+        with ui.step(f"PyTorch × {runs}"):
+            got, times, version = _torch(source, size, feeds, runs)
+        results.append({"runtime": "PyTorch", "device": f"host {platform.machine()}", "version": version,
+                        "times_ms": times, "max_abs_vs_onnxruntime": _max_abs(ref, got)})
+    else:
+        ui.console.print(f"[yellow]note:[/yellow] {source.spec} is an ONNX file: no PyTorch module to time")
+
+    for r in results:
+        r["times_ms"] = [round(t * 1e3, 4) for t in r["times_ms"]]
+        r["median_ms"] = statistics.median(r["times_ms"])
+        r["min_ms"] = min(r["times_ms"])
+    ort_median = next(r for r in results if r["runtime"] == "onnxruntime")["median_ms"]
+    for r in results:
+        r["ratio_vs_onnxruntime"] = round(r["median_ms"] / ort_median, 3) if ort_median else None
+
+    shape_text = ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in shapes.items())
+    payload = {"model": source.spec, "target": target.name, "inputs": shapes, "runs": runs,
+               "schedules": built.report["tvm"]["schedules"], "remote": f"{remote[0]}:{remote[1]}" if remote else None,
+               "results": results}
+    rows = [[r["runtime"], r["device"], f"{r['median_ms']:.3f}", f"{r['min_ms']:.3f}",
+             f"{r['ratio_vs_onnxruntime']:.2f}×", f"{r['max_abs_vs_onnxruntime']:.2g}"
+             if "max_abs_vs_onnxruntime" in r else "reference"] for r in results]
+    notes = [(f"{runs} timed runs after 1 warm-up; seeded standard-normal input ({shape_text}); ratio = median / "
+              "onnxruntime median (below 1 is faster).")]
+    if not native:
+        notes.append("The TVM number was measured on the device; onnxruntime and PyTorch ran on this host.")
+    ref_range = float(max(np.ptp(r) for r in ref)) or 1.0
+    if any(r.get("max_abs_vs_onnxruntime", 0.0) > 1e-3 * ref_range for r in results):
+        notes.append("A runtime's outputs differ from onnxruntime by more than 1e-3 × the output range (for "
+                     "PyTorch: a factory whose weights are not reproducible from torch.manual_seed(0)?).")
+    if schedules == "untuned":
+        notes.append(f"The TVM build is untuned: run `edgevit tune --target {target.name} {source.spec}` first.")
+    md = "\n".join([f"# edgevit bench: {name} on {target.name}", "",
+                    md_table(["runtime", "device", "median ms", "min ms", "vs onnxruntime", "max abs diff"], rows),
+                    "", *notes, "", f"![median latency]({name}.bench.png)"])
+    write_report(out_dir / f"{name}.onnx", "bench", payload, md)
+    _chart(out_dir / f"{name}.bench.png", f"{name} on {target.name} ({shape_text}), TVM {schedules}", results)
+    return payload

@@ -1,0 +1,175 @@
+"""`edgevit tune` (chunked, committed, resumable MetaSchedule tuning) and `edgevit bench` (TVM vs ORT vs PyTorch).
+
+A real MetaSchedule run costs ~1.5 min even for one trial on these 2-core machines (build/run workers
+import all of TVM), so the suite tests the chunk/commit/resume logic with the committed 2-trial fixture
+database (tests/backends/make_tiny_db.py) and a stand-in for the measuring step; the real run is
+`test_real_tuning_run`, enabled with EDGEVIT_REAL_TUNE=1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import onnx
+import pytest
+
+from edgevit import targets
+from edgevit.backends.tvm import emulation
+from ..conftest import assert_one_line_error, run_cli
+
+from . import tiny_conv_model
+
+FIXTURE = Path(__file__).parent / "data" / "schedules" / "x86-avx2" / "tiny_conv"
+USERLAND = emulation.userland_dir()  # at collection time, as in test_tvm_emulated.py: reuse the cached userland
+DB_FILES = ("database_workload.json", "database_tuning_record.json")
+FACTORY = '''import torch
+
+
+def net():
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                               torch.nn.Flatten(), torch.nn.Linear(8, 4))
+'''
+
+
+def _digest(folder: Path) -> str:
+    return hashlib.sha256(b"".join((folder / f).read_bytes() for f in DB_FILES)).hexdigest()
+
+
+@pytest.fixture
+def tiny_onnx(tmp_path) -> Path:
+    path = tmp_path / "tiny_conv.onnx"
+    onnx.save(tiny_conv_model(), str(path))
+    return path
+
+
+@pytest.fixture
+def schedules(tmp_path, monkeypatch) -> Path:
+    root = tmp_path / "schedules"
+    root.mkdir()
+    monkeypatch.setenv("EDGEVIT_SCHEDULES", str(root))
+    return root
+
+
+def test_tune_chunks_commit_and_resume(schedules, monkeypatch):
+    """Each task's chunk lands in schedules/<target>/<model>-HxW/ with a ledger; a rerun measures nothing."""
+    from edgevit.backends.tvm import adapter, compile_model
+    from edgevit.backends.tvm.tune import run_tune
+
+    calls = []
+
+    def fake_tune_task(self, index, work_dir, trials):  # stands in for MetaSchedule's measurements
+        calls.append((self.task_names()[index], trials))
+        for f in DB_FILES:
+            shutil.copyfile(FIXTURE / f, work_dir / f)
+
+    monkeypatch.setattr(adapter.Tuner, "tune_task", fake_tune_task)
+    target = targets.load("x86-avx2")
+    first = run_tune(tiny_conv_model(), target, "tiny_conv", 2, (8, 8))
+    folder = schedules / "x86-avx2" / "tiny_conv-8x8"
+    assert calls == [("fused_conv2d_relu", 2)]
+    assert first["new_records"] == 2 and first["records"] == 2 and first["database"] == str(folder)
+    assert all((folder / f).stat().st_size > 0 for f in DB_FILES)
+    ledger = json.loads((folder / "edgevit_tune.json").read_text())
+    assert ledger["tasks"]["fused_conv2d_relu"]["trials"] == 2 and ledger["inputs"][0]["shape"] == [1, 3, 8, 8]
+    assert not [p for p in folder.parent.iterdir() if p.name.endswith(".part")]
+
+    again = run_tune(tiny_conv_model(), target, "tiny_conv", 2, (8, 8))
+    assert calls == [("fused_conv2d_relu", 2)] and again["new_records"] == 0 and again["tuned_tasks"] == 0
+
+    run_tune(tiny_conv_model(), target, "tiny_conv", 3, (8, 8))  # a bigger budget spends only the difference
+    assert calls[-1] == ("fused_conv2d_relu", 1)
+
+    # compile prefers <model>-<H>x<W>/ for a model of that size
+    out = folder.parent / "out"
+    out.mkdir()
+    compile_model(tiny_conv_model(), target, out, name="tiny_conv")
+    sched = json.loads((out / "tiny_conv.tvm.json").read_text())["schedules"]
+    assert sched["status"] == "tuned" and sched["database"] == str(folder)
+
+
+def test_cli_tune_resumes_from_committed_database(schedules, tiny_onnx):
+    """The committed 2-trial database already holds --trials 2: the rerun does no trials, files unchanged."""
+    folder = schedules / "x86-avx2" / "tiny_conv"
+    shutil.copytree(FIXTURE, folder)
+    before = _digest(folder)
+    proc = run_cli("tune", str(tiny_onnx), "--target", "x86-avx2", "--trials", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert "tuned 0 of 1 tasks (0 new records, 2 in all)" in " ".join(proc.stderr.split())
+    assert _digest(folder) == before
+    assert json.loads((folder / "edgevit_tune.json").read_text())["tasks"]["fused_conv2d_relu"]["trials"] == 2
+
+    out = schedules.parent / "out"
+    proc = run_cli("compile", str(tiny_onnx), "--target", "x86-avx2", "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "TVM build: tuned" in proc.stderr
+    assert json.loads((out / "tiny_conv.tvm.json").read_text())["schedules"]["status"] == "tuned"
+
+
+@pytest.mark.parametrize("command", ["tune", "bench"])
+def test_unreachable_rpc_is_one_line_error(command, schedules, tiny_onnx, tmp_path):
+    proc = run_cli(command, str(tiny_onnx), "--target", "rpi4", "--rpc", "127.0.0.1:1", timeout=60)
+    assert_one_line_error(proc, 2, "127.0.0.1:1", "timeout")
+    assert not list(schedules.iterdir())
+
+
+@pytest.mark.parametrize("command", ["tune", "bench"])
+def test_non_native_target_needs_rpc(command, tiny_onnx):
+    proc = run_cli(command, str(tiny_onnx), "--target", "rpi4", timeout=60)
+    assert_one_line_error(proc, 2, "pass --rpc HOST:PORT")
+
+
+def test_bench_writes_json_markdown_and_chart(tmp_path, schedules):
+    factory = tmp_path / "tiny.py"
+    factory.write_text(FACTORY)
+    out = tmp_path / "bench"
+    proc = run_cli("bench", f"{factory}:net", "--target", "x86-avx2", "--input-size", "16", "16", "--runs", "5",
+                   "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert {"tiny_net.bench.json", "tiny_net.bench.md", "tiny_net.bench.png", "build"} <= {p.name for p in out.iterdir()}
+    report = json.loads((out / "tiny_net.bench.json").read_text())
+    results = {r["runtime"]: r for r in report["results"]}
+    assert set(results) == {"edgevit (TVM)", "onnxruntime", "PyTorch"}
+    assert results["onnxruntime"]["ratio_vs_onnxruntime"] == 1.0
+    for r in results.values():
+        assert len(r["times_ms"]) == 5 and r["median_ms"] > 0 and r["ratio_vs_onnxruntime"] > 0
+    range_ = 1.0
+    assert results["edgevit (TVM)"]["max_abs_vs_onnxruntime"] < 1e-4 * range_
+    assert results["PyTorch"]["max_abs_vs_onnxruntime"] < 1e-4 * range_  # same weights, same input
+    assert report["schedules"]["status"] == "untuned" and report["inputs"] == {"input": [1, 3, 16, 16]}
+    md = (out / "tiny_net.bench.md").read_text()
+    assert "vs onnxruntime" in md and "PyTorch" in md and "tiny_net.bench.png" in md
+    assert (out / "tiny_net.bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_rpc_target_times_the_library_on_the_device(tmp_path, schedules):
+    """rpi4 through the TVM RPC server running under qemu-aarch64 (see test_tvm_emulated.py)."""
+    factory = tmp_path / "tiny.py"
+    factory.write_text(FACTORY)
+    out = tmp_path / "bench"
+    userland = emulation.ensure_userland(USERLAND)
+    with emulation.rpc_server(userland) as (host, port):
+        proc = run_cli("bench", f"{factory}:net", "--target", "rpi4", "--input-size", "16", "16", "--runs", "2",
+                       "--rpc", f"{host}:{port}", "-o", str(out), timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((out / "tiny_net.bench.json").read_text())
+    tvm = next(r for r in report["results"] if r["runtime"] == "edgevit (TVM)")
+    assert tvm["device"] == f"rpi4 via RPC {host}:{port}" and tvm["median_ms"] > 0
+    assert tvm["max_abs_vs_onnxruntime"] < 1e-4
+    assert "measured on the device" in (out / "tiny_net.bench.md").read_text()
+
+
+@pytest.mark.skipif(os.environ.get("EDGEVIT_REAL_TUNE") != "1", reason="real MetaSchedule run (~1.5 min): "
+                    "set EDGEVIT_REAL_TUNE=1")
+def test_real_tuning_run(schedules, tiny_onnx):
+    proc = run_cli("tune", str(tiny_onnx), "--target", "x86-avx2", "--trials", "1", timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    folder = schedules / "x86-avx2" / "tiny_conv"
+    assert all((folder / f).stat().st_size > 0 for f in DB_FILES)
+    before = _digest(folder)
+    proc = run_cli("tune", str(tiny_onnx), "--target", "x86-avx2", "--trials", "1", timeout=300)
+    assert proc.returncode == 0 and "0 new records" in " ".join(proc.stderr.split()), proc.stderr
+    assert _digest(folder) == before
