@@ -130,20 +130,6 @@ def _database_hash(folder: Path) -> str:
 def compile_model(model: onnx.ModelProto, target, out_dir: Path, name: str, args=None) -> BackendResult:
     """Compile `model` for `target` into `out_dir`; see the module docstring for what lands there."""
     opts = target.options
-    if not isinstance(opts.get("target"), dict):
-        raise EdgevitError(f"{target.path}: the [tvm] table needs a 'target' table (TVM target dict)")
-    # Model-local functions (e.g. edgevit.Attention's reference body) are plain ONNX once inlined.
-    given, model = model, onnx.inliner.inline_local_functions(model)
-    _constants_as_tensors(model)
-    inputs = _tensor_specs(model)
-
-    from . import adapter  # TVM loads only once the model is known to be compilable in principle
-
-    bad = adapter.unsupported_ops(model)
-    if bad:
-        raise EdgevitError(f"TVM's ONNX importer cannot convert {len(bad)} op type(s): {', '.join(bad)}; "
-                           "nothing was compiled")
-    tvm_target = adapter.make_target(opts["target"], str(target.path))
     cross = opts.get("cross_compiler", "")
     if cross and not shutil.which(cross):
         raise EdgevitError(f"cross compiler '{cross}' for target {target.name} not found "
@@ -158,9 +144,11 @@ def compile_model(model: onnx.ModelProto, target, out_dir: Path, name: str, args
         seconds[label] = round(time.perf_counter() - start, 3)
         return result
 
-    mod = timed("import", "import ONNX into TVM Relax", adapter.import_onnx, model,
-                {s["name"]: s["shape"] for s in inputs}, {s["name"]: s["dtype"] for s in inputs})
-    mod = timed("lower", "lower to TIR (legalize, fold, fuse)", adapter.lower, mod, tvm_target)
+    given = model
+    start = time.perf_counter()
+    # Model-local functions (e.g. edgevit.Attention's reference body) are plain ONNX once inlined.
+    model, inputs, adapter, tvm_target, mod = prepare(model, target)
+    seconds["import_and_lower"] = round(time.perf_counter() - start, 3)
     schedules = {"status": "untuned", "database": None, "sha256": None}
     folder = _database_folder(target, name, inputs)
     if folder:
