@@ -321,6 +321,15 @@ def _add_shape_args(p: argparse.ArgumentParser, batch_default: int | None = 1) -
     p.add_argument("--batch", type=int, default=batch_default, help="batch size (default: 1)")
 
 
+def _add_model_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="zoo name, path to a .onnx file, or path/to/file.py:factory")
+
+
+def _add_pass_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--passes", help="comma-separated passes to run (default: all, in pipeline order)")
+    p.add_argument("--skip", help="comma-separated passes to leave out")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgevit", description="Deployment compiler for efficient vision transformers.")
     parser.add_argument("--version", action="version", version=f"edgevit {__version__}")
@@ -333,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("export", help="export MODEL to a verified static ONNX graph")
-    p.add_argument("model", help="zoo name, path to a .onnx file, or path/to/file.py:factory")
+    _add_model_arg(p)
     p.add_argument("-o", "--output", required=True, help="output .onnx path")
     _add_shape_args(p)
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
@@ -345,14 +354,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("analyze", help="op histogram, params, MACs, activation sizes")
-    p.add_argument("model", help="zoo name, path to a .onnx file, or path/to/file.py:factory")
+    _add_model_arg(p)
     _add_shape_args(p, batch_default=None)
     p.add_argument("-o", "--output", help="where the report goes (default: ./<model>.analysis.json)")
     p.add_argument("--top", type=int, default=10, help="how many of the largest tensors to list")
     p.add_argument("--json", action="store_true", help="also print the JSON report to stdout")
     p.set_defaults(func=cmd_analyze)
     p = sub.add_parser("quantize", help="int8 post-training quantization (QDQ ONNX + integer parameters)")
-    p.add_argument("model", help="zoo name, path to a .onnx file, or path/to/file.py:factory")
+    _add_model_arg(p)
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.add_argument("--calib", help="calibration data: a folder of images or a .npy (default: synthetic set)")
     p.add_argument("--method", default="minmax", choices=["minmax", "percentile", "mse"],
@@ -365,16 +374,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_targets)
 
     p = sub.add_parser("compile", help="compile MODEL for a target (export → passes → backend)")
-    p.add_argument("model", help="zoo name, path to a .onnx file, or path/to/file.py:factory")
+    _add_model_arg(p)
     p.add_argument("--target", required=True, help="target name (see `edgevit targets`)")
     p.add_argument("-o", "--output", help="output folder (default: out/<model>-<target>)")
     _add_shape_args(p, batch_default=None)
-    p.add_argument("--passes", help="comma-separated passes to run (default: all)")
-    p.add_argument("--skip", help="comma-separated passes to leave out")
+    _add_pass_args(p)
     p.set_defaults(func=cmd_compile)
 
     p = sub.add_parser("tune", help="MetaSchedule-tune MODEL for a TVM target into schedules/<target>/<model>/")
-    p.add_argument("model", help="zoo name, path to a .onnx file, or path/to/file.py:factory")
+    _add_model_arg(p)
     p.add_argument("--target", required=True, help="TVM target name (see `edgevit targets`)")
     p.add_argument("--trials", type=int, default=16,
                    help="measured candidates per task (default: 16); a rerun spends only what is missing")
@@ -382,12 +390,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rpc", metavar="HOST:PORT", help="measure on a device running a TVM RPC server")
     p.add_argument("--tracker", metavar="HOST:PORT", help="measure on devices registered with a TVM RPC tracker")
     p.add_argument("--key", help="device key at the --tracker")
-    p.add_argument("--passes", help="comma-separated passes to run (default: all; match what you compile with)")
-    p.add_argument("--skip", help="comma-separated passes to leave out")
+    _add_pass_args(p)  # tune with the passes you compile with, or the workloads will not match
     p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("bench", help="time the TVM build vs onnxruntime vs PyTorch on the same inputs")
-    p.add_argument("model", help="zoo name, path to a .onnx file, or path/to/file.py:factory")
+    _add_model_arg(p)
     p.add_argument("--target", required=True, help="TVM target name (see `edgevit targets`)")
     p.add_argument("-o", "--output", help="report folder (default: out/bench/<model>-<target>)")
     _add_shape_args(p, batch_default=None)
@@ -395,16 +402,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rpc", metavar="HOST:PORT", help="time the TVM library on a device's TVM RPC server")
     p.add_argument("--tracker", help=argparse.SUPPRESS)
     p.add_argument("--key", help=argparse.SUPPRESS)
-    p.add_argument("--passes", help="comma-separated passes to run (default: all)")
-    p.add_argument("--skip", help="comma-separated passes to leave out")
+    _add_pass_args(p)
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("optimize", help="run the pass pipeline (fold BN, reparameterize, fuse attention, ...)")
     p.add_argument("model", nargs="?", help="zoo name, path to a .onnx file, or path/to/file.py:factory")
     p.add_argument("-o", "--output", help="output .onnx path")
     _add_shape_args(p, batch_default=None)
-    p.add_argument("--passes", help="comma-separated passes to run (default: all, in pipeline order)")
-    p.add_argument("--skip", help="comma-separated passes to leave out")
+    _add_pass_args(p)
     p.add_argument("--list", action="store_true", help="list the passes and exit")
     p.add_argument("--report", action="store_true", help="print the per-pass report table")
     p.add_argument("--tolerance", type=float, default=1e-4,
