@@ -235,6 +235,14 @@ def cmd_compile(args) -> int:
 
     target = targets.load(args.target)  # unknown target: fail before any model work
     backend = importlib.import_module(f"edgevit.backends.{target.backend}")
+    for backend_name, options in (("mcu", ("sram", "flash", "calib")),
+                                  ("coreml", ("precision", "image_input", "labels", "weights"))):
+        given = [f"--{k.replace('_', '-')}" for k in options if getattr(args, k, None)]
+        if given and target.backend != backend_name:
+            kind = "microcontroller" if backend_name == "mcu" else "iPhone (Core ML)"
+            raise EdgevitError(f"{', '.join(given)} only apply to {kind} targets, not {target.name}")
+    if hasattr(backend, "check_args"):  # option errors before any model work
+        backend.check_args(target, args)
     source, model = _load_for_analysis(args)
     out_dir = Path(args.output or f"out/{source.name}-{target.name}")
     optimized, pass_report = pipeline.run(model, pipeline.select(_csv(args.passes), _csv(args.skip)))
@@ -379,6 +387,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="output folder (default: out/<model>-<target>)")
     _add_shape_args(p, batch_default=None)
     _add_pass_args(p)
+    mcu = p.add_argument_group("microcontroller targets (int8 C runtime)")
+    mcu.add_argument("--sram", metavar="BYTES", help="SRAM budget, e.g. 320K or 327680 (default: the target's)")
+    mcu.add_argument("--flash", metavar="BYTES", help="flash budget, e.g. 1M (default: the target's)")
+    mcu.add_argument("--calib", help="calibration data: a folder of images or a .npy (default: synthetic set)")
+    mcu.add_argument("--method", default="minmax", choices=["minmax", "percentile", "mse"],
+                     help="activation range calibration (default: minmax)")
+    ios = p.add_argument_group("iPhone targets (Core ML)")
+    ios.add_argument("--precision", choices=["fp16", "fp32"], help="compute precision (default: fp16)")
+    ios.add_argument("--image-input", action="store_true",
+                     help="take an RGB image input, with the model's normalization folded in")
+    ios.add_argument("--labels", metavar="FILE", help="class labels, one per line (a classifier output)")
+    ios.add_argument("--weights", choices=["int8", "palettize4", "palettize6"],
+                     help="compress weights with coremltools.optimize.coreml")
     p.set_defaults(func=cmd_compile)
 
     p = sub.add_parser("tune", help="MetaSchedule-tune MODEL for a TVM target into schedules/<target>/<model>/")

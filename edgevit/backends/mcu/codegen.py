@@ -1,0 +1,434 @@
+"""Quantized model → planner schedule → C source (model.h, model.c, weights.c).
+
+`lower` turns every int8 node (edgevit/quant/reference.py) into a planner `Step` (its tensors, scratch
+and the memory sharing its kernel allows) plus a `Call`: a function that, given where each tensor lives,
+returns the C statements for the kernel call and the const parameter definitions it needs.
+`generate` writes the project sources for a `planner.Plan`. The generated code is deterministic (same
+model, same bytes) and holds no float: the only floats are the input/output scales in model.h, for the
+application's pre/post-processing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from ...errors import EdgevitError
+from ...quant.reference import QNode, QuantizedModel
+from . import planner
+
+MAX_RANK = 6  # EV_MAX_RANK in ev_kernels.h
+
+
+@dataclass
+class Call:
+    """C for one node: `emit(ptr)` → (statements in edgevit_model_run, const definitions in weights.c)."""
+    node: QNode
+    emit: Callable[[Callable[[str], str], str], tuple[list[str], list[str]]]
+
+
+def _contiguous_strides(shape: list[int]) -> list[int]:
+    strides, acc = [], 1
+    for d in reversed(shape):
+        strides.append(acc)
+        acc *= d
+    return strides[::-1]
+
+
+def _prod(xs) -> int:
+    return int(np.prod(xs)) if len(xs) else 1
+
+
+def c_array(ctype: str, name: str, values: np.ndarray, per_line: int = 20) -> str:
+    flat = [int(v) for v in np.asarray(values).reshape(-1)]
+    if not flat:
+        flat = [0]
+    lines = [", ".join(str(v) for v in flat[i:i + per_line]) for i in range(0, len(flat), per_line)]
+    body = ",\n    ".join(lines)
+    return f"const {ctype} {name}[{len(flat)}] __attribute__((aligned(4))) = {{\n    {body}\n}};"
+
+
+def _struct(ctype: str, name: str, fields: dict) -> str:
+    inner = ", ".join(f".{k} = {v}" for k, v in fields.items())
+    return f"static const {ctype} {name} = {{{inner}}};"
+
+
+def _ints(values) -> str:
+    return "{" + ", ".join(str(int(v)) for v in values) + "}"
+
+
+def _pad_rank(shape: list[int], strides: list[int], node: QNode) -> tuple[list[int], list[int]]:
+    if len(shape) > MAX_RANK:
+        raise EdgevitError(f"node '{node.name}' ({node.op}) has rank {len(shape)}; the MCU kernels take ≤ {MAX_RANK}")
+    pad = MAX_RANK - len(shape)
+    return [1] * pad + list(shape), [0] * pad + list(strides)
+
+
+def _broadcast_strides(shape: list[int], out: list[int], node: QNode) -> list[int]:
+    shape = [1] * (len(out) - len(shape)) + list(shape)
+    strides = _contiguous_strides(shape)
+    result = []
+    for d, o, s in zip(shape, out, strides):
+        if d not in (1, o):
+            raise EdgevitError(f"node '{node.name}' ({node.op}): shape {shape} does not broadcast to {out}")
+        result.append(0 if d == 1 and o != 1 else s)
+    return result
+
+
+class _Lowering:
+    def __init__(self, q: QuantizedModel):
+        self.q = q
+        self.steps: list[planner.Step] = []
+        self.calls: list[Call] = []
+
+    def shape(self, t: str) -> list[int]:
+        return list(self.q.shapes[t])
+
+    def size(self, t: str) -> int:
+        return _prod(self.shape(t))
+
+    def is_const(self, t: str) -> bool:
+        return t in self.q.consts
+
+    def add(self, node: QNode, emit, scratch: int = 0, share: str = "", share_inputs=(), rows=(0, 0, 0)) -> None:
+        inputs = [t for t in node.inputs if not self.is_const(t)]
+        self.steps.append(planner.Step(node.name, node.op, inputs, list(node.outputs), scratch, share,
+                                       tuple(share_inputs), rows))
+        self.calls.append(Call(node, emit))
+
+    # --- compute ops ---------------------------------------------------------------------------------
+    def conv2d(self, n: QNode) -> None:
+        a, p = n.attrs, n.params
+        nb, c, h, w = self.shape(n.inputs[0])
+        _, cout, oh, ow = self.shape(n.outputs[0])
+        _, cg, kh, kw = p["weight"].shape
+        pt, pl = a["pads"][0], a["pads"][1]
+        fields = dict(n=nb, c=c, h=h, w=w, cout=cout, oh=oh, ow=ow, kh=kh, kw=kw, stride_h=a["strides"][0],
+                      stride_w=a["strides"][1], pad_t=pt, pad_l=pl, dil_h=a["dilations"][0], dil_w=a["dilations"][1],
+                      group=a["group"], x_zp=a["x_zp"], out_zp=a["out_zp"])
+
+        def emit(ptr, sym):
+            defs = [c_array("int8_t", f"{sym}_weight", p["weight"]), c_array("int32_t", f"{sym}_bias", p["bias"]),
+                    c_array("int32_t", f"{sym}_mult", p["mult"]), c_array("int32_t", f"{sym}_shift", p["shift"])]
+            body = [_struct("ev_conv2d_t", sym, {**fields, "weight": f"{sym}_weight", "bias": f"{sym}_bias",
+                                                  "mult": f"{sym}_mult", "shift": f"{sym}_shift"}),
+                    f"ev_conv2d(&{sym}, {ptr(n.inputs[0])}, {ptr(n.outputs[0])}, {ptr('#scratch')});"]
+            return body, defs
+        self.add(n, emit, scratch=2 * cg * kh * kw)
+
+    def linear(self, n: QNode) -> None:
+        a, p = n.attrs, n.params
+        k, nout = p["weight"].shape
+        rows = self.size(n.inputs[0]) // k
+        weight_t = np.ascontiguousarray(p["weight"].T)  # (n, k): contiguous rows for the dot products
+        fields = dict(rows=rows, k=k, n=nout, x_zp=a["x_zp"], out_zp=a["out_zp"])
+
+        def emit(ptr, sym):
+            defs = [c_array("int8_t", f"{sym}_weight", weight_t), c_array("int32_t", f"{sym}_bias", p["bias"]),
+                    c_array("int32_t", f"{sym}_mult", np.broadcast_to(p["mult"], (nout,))),
+                    c_array("int32_t", f"{sym}_shift", np.broadcast_to(p["shift"], (nout,)))]
+            body = [_struct("ev_linear_t", sym, {**fields, "weight": f"{sym}_weight", "bias": f"{sym}_bias",
+                                                  "mult": f"{sym}_mult", "shift": f"{sym}_shift"}),
+                    f"ev_linear(&{sym}, {ptr(n.inputs[0])}, {ptr(n.outputs[0])}, {ptr('#scratch')});"]
+            return body, defs
+        self.add(n, emit, scratch=2 * k, share="rows", share_inputs=(0,), rows=(rows, k, nout))
+
+    def matmul(self, n: QNode) -> None:
+        a, p = n.attrs, n.params
+        sa, sb, so = self.shape(n.inputs[0]), self.shape(n.inputs[1]), self.shape(n.outputs[0])
+        if len(sa) < 2 or len(sb) < 2:
+            raise EdgevitError(f"node '{n.name}' (matmul): operands must be at least 2-D, got {sa} and {sb}")
+        m, k, nn = sa[-2], sa[-1], sb[-1]
+        batch = _prod(so[:-2])
+
+        def batch_stride(shape: list[int], step: int) -> int:
+            lead = _prod(shape[:-2])
+            if lead == batch:
+                return step
+            if lead == 1:
+                return 0
+            raise EdgevitError(f"node '{n.name}' (matmul): batch dims {shape[:-2]} vs {so[:-2]} need partial "
+                               "broadcasting, which the MCU kernel does not do")
+        fields = dict(batch=batch, m=m, k=k, n=nn, a_batch_stride=batch_stride(sa, m * k),
+                      b_batch_stride=batch_stride(sb, k * nn), a_zp=a["a_zp"], b_zp=a["b_zp"], out_zp=a["out_zp"],
+                      mult=int(p["mult"].reshape(-1)[0]), shift=int(p["shift"].reshape(-1)[0]))
+
+        def emit(ptr, sym):
+            return [_struct("ev_matmul_t", sym, fields),
+                    f"ev_matmul(&{sym}, {ptr(n.inputs[0])}, {ptr(n.inputs[1])}, {ptr(n.outputs[0])}, "
+                    f"{ptr('#scratch')});"], []
+        self.add(n, emit, scratch=2 * k * nn)
+
+    def binary(self, n: QNode) -> None:
+        a, p = n.attrs, n.params
+        out = self.shape(n.outputs[0])
+        sa = _broadcast_strides(self.shape(n.inputs[0]), out, n)
+        sb = _broadcast_strides(self.shape(n.inputs[1]), out, n)
+        shape, sa = _pad_rank(out, sa, n)
+        _, sb = _pad_rank(out, sb, n)
+        dims = f"{{.rank = {MAX_RANK}, .shape = {_ints(shape)}, .a_strides = {_ints(sa)}, .b_strides = {_ints(sb)}}}"
+        if n.op == "add":
+            extra = {k: int(np.asarray(p[k]).reshape(-1)[0]) for k in
+                     ("a_mult", "a_shift", "b_mult", "b_shift", "out_mult", "out_shift")}
+            ctype = "ev_add_t"
+        else:
+            extra = {"mult": int(p["mult"].reshape(-1)[0]), "shift": int(p["shift"].reshape(-1)[0])}
+            ctype = "ev_mul_t"
+        fields = {"dims": dims, "a_zp": a["a_zp"], "b_zp": a["b_zp"], "out_zp": a["out_zp"], **extra}
+        full = [i for i, t in enumerate(n.inputs) if not self.is_const(t) and self.shape(t) == out]
+        active = [t for t in n.inputs if not self.is_const(t)]
+        share_inputs = [active.index(n.inputs[i]) for i in full]
+
+        def emit(ptr, sym):
+            return [_struct(ctype, sym, fields),
+                    f"ev_{n.op}(&{sym}, {ptr(n.inputs[0])}, {ptr(n.inputs[1])}, {ptr(n.outputs[0])});"], []
+        self.add(n, emit, share="inplace", share_inputs=share_inputs)
+
+    def rescale(self, n: QNode) -> None:
+        a, p = n.attrs, n.params
+
+        def emit(ptr, sym):
+            return [f"ev_rescale({self.size(n.inputs[0])}, {a['x_zp']}, {int(p['mult'].reshape(-1)[0])}, "
+                    f"{int(p['shift'].reshape(-1)[0])}, {a['out_zp']}, {ptr(n.inputs[0])}, {ptr(n.outputs[0])});"], []
+        self.add(n, emit, share="inplace", share_inputs=(0,))
+
+    def lut(self, n: QNode) -> None:
+        def emit(ptr, sym):
+            return ([f"ev_lut({self.size(n.inputs[0])}, {sym}_table, {ptr(n.inputs[0])}, {ptr(n.outputs[0])});"
+                     f"  /* {n.attrs.get('function', '')} */"],
+                    [c_array("int8_t", f"{sym}_table", n.params["table"])])
+        self.add(n, emit, share="inplace", share_inputs=(0,))
+
+    def softmax(self, n: QNode) -> None:
+        shape = self.shape(n.inputs[0])
+        table = n.params["exp_table"]
+        if table.min() < 0 or table.max() > 0xFFFF:
+            raise EdgevitError(f"node '{n.name}' (softmax): exp table does not fit uint16")
+
+        def emit(ptr, sym):
+            return ([f"ev_softmax({_prod(shape[:-1])}, {shape[-1]}, {sym}_exp, {ptr(n.inputs[0])}, "
+                     f"{ptr(n.outputs[0])});"], [c_array("uint16_t", f"{sym}_exp", table)])
+        self.add(n, emit, share="inplace", share_inputs=(0,))
+
+    def layernorm(self, n: QNode) -> None:
+        shape = self.shape(n.inputs[0])
+        a, p = n.attrs, n.params
+        fields = dict(rows=_prod(shape[:-1]), len=shape[-1], eps_q=f"{int(a['eps_q'])}LL", out_zp=a["out_zp"])
+
+        def emit(ptr, sym):
+            defs = [c_array("int32_t", f"{sym}_mult", p["mult"]), c_array("int32_t", f"{sym}_shift", p["shift"]),
+                    c_array("int32_t", f"{sym}_beta", p["beta"])]
+            return [_struct("ev_layernorm_t", sym, {**fields, "mult": f"{sym}_mult", "shift": f"{sym}_shift",
+                                                     "beta": f"{sym}_beta"}),
+                    f"ev_layernorm(&{sym}, {ptr(n.inputs[0])}, {ptr(n.outputs[0])});"], defs
+        self.add(n, emit, share="inplace", share_inputs=(0,))
+
+    def pool(self, n: QNode) -> None:
+        a, p = n.attrs, n.params
+        nb, c, h, w = self.shape(n.inputs[0])
+        oh, ow = self.shape(n.outputs[0])[2:]
+        fields = dict(n=nb, c=c, h=h, w=w, oh=oh, ow=ow, kh=a["kernel"][0], kw=a["kernel"][1],
+                      stride_h=a["strides"][0], stride_w=a["strides"][1], pad_t=a["pads"][0], pad_l=a["pads"][1])
+        if n.op == "avgpool":
+            fields.update(x_zp=a["x_zp"], out_zp=a["out_zp"], mult=int(p["mult"].reshape(-1)[0]),
+                          shift=int(p["shift"].reshape(-1)[0]), dil_h=1, dil_w=1)
+        else:
+            fields.update(x_zp=0, out_zp=0, mult=0, shift=0, dil_h=a["dilations"][0], dil_w=a["dilations"][1])
+
+        def emit(ptr, sym):
+            return [_struct("ev_pool_t", sym, fields),
+                    f"ev_{n.op}(&{sym}, {ptr(n.inputs[0])}, {ptr(n.outputs[0])});"], []
+        self.add(n, emit)
+
+    def reduce_mean(self, n: QNode) -> None:
+        a, p = n.attrs, n.params
+        shape, axes = self.shape(n.inputs[0]), sorted(a["axes"])
+        if axes != list(range(axes[0], axes[-1] + 1)):
+            raise EdgevitError(f"node '{n.name}' (reduce_mean): axes {axes} are not contiguous")
+        fields = dict(outer=_prod(shape[:axes[0]]), reduce=_prod(shape[axes[0]:axes[-1] + 1]),
+                      inner=_prod(shape[axes[-1] + 1:]), x_zp=a["x_zp"], mult=int(p["mult"].reshape(-1)[0]),
+                      shift=int(p["shift"].reshape(-1)[0]), out_zp=a["out_zp"])
+
+        def emit(ptr, sym):
+            return [_struct("ev_reduce_mean_t", sym, fields),
+                    f"ev_reduce_mean(&{sym}, {ptr(n.inputs[0])}, {ptr(n.outputs[0])});"], []
+        self.add(n, emit)
+
+    # --- data moves ----------------------------------------------------------------------------------
+    @staticmethod
+    def _copy(sym: str, node: QNode, shape, in_strides, out_strides, src: str, dst: str) -> list[str]:
+        _, out_strides = _pad_rank(list(shape), list(out_strides), node)
+        shape, in_strides = _pad_rank(list(shape), list(in_strides), node)
+        return [f"static const int32_t {sym}_dims[3][{MAX_RANK}] = {{{_ints(shape)}, {_ints(in_strides)}, "
+                f"{_ints(out_strides)}}};",
+                f"ev_copy({MAX_RANK}, {sym}_dims[0], {sym}_dims[1], {sym}_dims[2], {src}, {dst});"]
+
+    def reshape(self, n: QNode) -> None:
+        def emit(ptr, sym):
+            return [f"/* {n.name}: reshape to {self.shape(n.outputs[0])} is free (same bytes) */"], []
+        self.add(n, emit, share="alias", share_inputs=(0,))
+
+    def transpose(self, n: QNode) -> None:
+        shape, perm = self.shape(n.inputs[0]), n.attrs["perm"]
+        strides = _contiguous_strides(shape)
+        out_shape = [shape[i] for i in perm]
+
+        def emit(ptr, sym):
+            return self._copy(sym, n, out_shape, [strides[i] for i in perm], _contiguous_strides(out_shape),
+                              ptr(n.inputs[0]), ptr(n.outputs[0])), []
+        self.add(n, emit)
+
+    def slice(self, n: QNode) -> None:
+        shape, slices = self.shape(n.inputs[0]), n.attrs["slices"]
+        strides = _contiguous_strides(shape)
+        out_shape = self.shape(n.outputs[0])
+        start = sum(s[0] * st for s, st in zip(slices, strides))
+        in_strides = [st * s[2] for s, st in zip(slices, strides)]
+        if any(s[2] <= 0 for s in slices):
+            raise EdgevitError(f"node '{n.name}' (slice): negative steps are not supported on the MCU")
+
+        def emit(ptr, sym):
+            return self._copy(sym, n, out_shape, in_strides, _contiguous_strides(out_shape),
+                              f"{ptr(n.inputs[0])} + {start}", ptr(n.outputs[0])), []
+        self.add(n, emit)
+
+    def split(self, n: QNode) -> None:
+        shape, axis, sizes = self.shape(n.inputs[0]), n.attrs["axis"], n.attrs["sizes"]
+        strides = _contiguous_strides(shape)
+
+        def emit(ptr, sym):
+            body, offset = [], 0
+            for j, (out, size) in enumerate(zip(n.outputs, sizes)):
+                out_shape = shape[:axis] + [size] + shape[axis + 1:]
+                if out:
+                    body += self._copy(f"{sym}_{j}", n, out_shape, strides, _contiguous_strides(out_shape),
+                                       f"{ptr(n.inputs[0])} + {offset * strides[axis]}", ptr(out))
+                offset += size
+            return body, []
+        self.add(n, emit)
+
+    def concat(self, n: QNode) -> None:
+        out_shape, axis = self.shape(n.outputs[0]), n.attrs["axis"]
+        out_strides = _contiguous_strides(out_shape)
+
+        def emit(ptr, sym):
+            body, offset = [], 0
+            for j, t in enumerate(n.inputs):
+                shape = self.shape(t)
+                body += self._copy(f"{sym}_{j}", n, shape, _contiguous_strides(shape), out_strides, ptr(t),
+                                   f"{ptr(n.outputs[0])} + {offset * out_strides[axis]}")
+                offset += shape[axis]
+            return body, []
+        self.add(n, emit)
+
+    def gather(self, n: QNode) -> None:
+        shape, axis = self.shape(n.inputs[0]), n.attrs["axis"]
+        idx = np.asarray(n.params["indices"]).reshape(-1)
+        idx = np.where(idx < 0, idx + shape[axis], idx).astype(np.int32)
+        outer, inner = _prod(shape[:axis]), _prod(shape[axis + 1:])
+
+        def emit(ptr, sym):
+            return [f"ev_gather({outer}, {shape[axis]}, {inner}, {sym}_idx, {len(idx)}, {ptr(n.inputs[0])}, "
+                    f"{ptr(n.outputs[0])});"], [c_array("int32_t", f"{sym}_idx", idx)]
+        self.add(n, emit)
+
+    def run(self) -> "_Lowering":
+        handlers = {"conv2d": self.conv2d, "linear": self.linear, "matmul": self.matmul, "add": self.binary,
+                    "mul": self.binary, "rescale": self.rescale, "lut": self.lut, "softmax": self.softmax,
+                    "layernorm": self.layernorm, "avgpool": self.pool, "maxpool": self.pool,
+                    "reduce_mean": self.reduce_mean, "reshape": self.reshape, "transpose": self.transpose,
+                    "slice": self.slice, "split": self.split, "concat": self.concat, "gather": self.gather}
+        for node in self.q.nodes:
+            if node.op not in handlers:
+                raise EdgevitError(f"the MCU backend has no kernel for int8 op '{node.op}' (node '{node.name}')")
+            handlers[node.op](node)
+        return self
+
+
+def lower(q: QuantizedModel) -> tuple[planner.Schedule, list[Call]]:
+    """The planner's view of `q` and the C emitter of each node, in the model's node order."""
+    if len(q.outputs) != 1:
+        raise EdgevitError(f"the MCU backend takes models with one output, this one has {len(q.outputs)}")
+    low = _Lowering(q).run()
+    sizes = {t: _prod(s) for t, s in q.shapes.items() if t not in q.consts}
+    return planner.Schedule(low.steps, sizes, {q.input}, list(q.outputs)), low.calls
+
+
+def _c_float(v: float) -> str:
+    return f"{float(v):.9g}f"
+
+
+def generate(q: QuantizedModel, schedule: planner.Schedule, calls: list[Call], plan: planner.Plan,
+             name: str) -> dict[str, str]:
+    """File name → contents for model.h, model.c and weights.c."""
+    offsets = plan.placement.tensor_offset
+    external = planner._external_closure(schedule)
+    in_size, out_name = _prod(q.shapes[q.input]), q.outputs[0]
+    out_size = _prod(q.shapes[out_name])
+    consts = {t: f"ev_const_{i}" for i, t in enumerate(sorted(q.consts))}
+
+    body, defs = [], []
+    defs += [c_array("int8_t", sym, q.consts[t]) + f"  /* {t} */" for t, sym in consts.items()]
+    for pos, i in enumerate(plan.order):
+        step, call = schedule.steps[i], calls[i]
+
+        def ptr(t: str, i=i) -> str:
+            if t == "#scratch":
+                return f"(int16_t *)(ev_arena + {plan.placement.scratch_offset[i]})"
+            if t in consts:
+                return consts[t]
+            if t in external:
+                return "in"
+            return f"ev_arena + {offsets[t]}"
+        stmts, more = call.emit(ptr, f"L{i}")
+        defs += more
+        body.append(f"    /* {pos}: {step.op} {step.name} → {', '.join(step.outputs)} */")
+        if len(stmts) == 1:
+            body.append(f"    {stmts[0]}")
+        else:
+            body += ["    {"] + [f"        {s}" for s in stmts] + ["    }"]
+    if out_name in external:
+        body.append(f"    memcpy(out, in, {out_size});")
+    else:
+        body.append(f"    memcpy(out, ev_arena + {offsets[out_name]}, {out_size});")
+
+    qi, qo = q.tensors[q.input], q.tensors[out_name]
+    guard = "EDGEVIT_MODEL_H"
+    header = "\n".join([
+        f"/* {name}: int8 model generated by edgevit — do not edit. */",
+        f"#ifndef {guard}", f"#define {guard}", "", "#include <stdint.h>", "",
+        f'#define EDGEVIT_MODEL_NAME "{name}"',
+        f"#define EDGEVIT_MODEL_INPUT_SIZE {in_size}   /* int8, shape {q.shapes[q.input]} */",
+        f"#define EDGEVIT_MODEL_OUTPUT_SIZE {out_size}   /* int8, shape {q.shapes[out_name]} */",
+        "/* real = scale · (q − zero_point); quantize the input as q = clamp(round(x / scale) + zero_point) */",
+        f"#define EDGEVIT_MODEL_INPUT_SCALE {_c_float(qi.scale)}",
+        f"#define EDGEVIT_MODEL_INPUT_ZERO_POINT {qi.zero_point}",
+        f"#define EDGEVIT_MODEL_OUTPUT_SCALE {_c_float(qo.scale)}",
+        f"#define EDGEVIT_MODEL_OUTPUT_ZERO_POINT {qo.zero_point}",
+        f"#define EDGEVIT_ARENA_BYTES {plan.placement.arena}",
+        "",
+        "/* Runs the model: `in` is read only (it may live in flash), `out` receives the int8 output.",
+        " * Uses one static arena of EDGEVIT_ARENA_BYTES; not reentrant. Returns 0. */",
+        "int edgevit_model_run(const int8_t *in, int8_t *out);",
+        "", f"#endif /* {guard} */", ""])
+    model_c = "\n".join([
+        f"/* {name}: int8 model generated by edgevit — do not edit.",
+        f" * {len(plan.order)} steps; arena {plan.placement.arena} bytes (lower bound {plan.lower_bound}). */",
+        "#include <string.h>", "", '#include "ev_kernels.h"', '#include "model.h"', '#include "weights.h"', "",
+        f"static int8_t ev_arena[{max(plan.placement.arena, 4)}] __attribute__((aligned(8)));", "",
+        "int edgevit_model_run(const int8_t *in, int8_t *out) {",
+        *body,
+        "    return 0;", "}", ""])
+    externs = []
+    for d in defs:
+        if d.startswith("const "):
+            decl = d.split(" = ")[0].replace(" __attribute__((aligned(4)))", "")
+            externs.append(f"extern {decl};")
+    weights_h = "\n".join([f"/* {name}: weights generated by edgevit — do not edit. */",
+                           "#ifndef EDGEVIT_WEIGHTS_H", "#define EDGEVIT_WEIGHTS_H", "#include <stdint.h>", "",
+                           *externs, "", "#endif", ""])
+    weights_c = "\n".join([f"/* {name}: weights, tables and constants generated by edgevit — const, so they stay "
+                           "in flash. */", '#include "weights.h"', "", *defs, ""])
+    return {"model.h": header, "model.c": model_c, "weights.h": weights_h, "weights.c": weights_c}

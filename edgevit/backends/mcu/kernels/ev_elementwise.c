@@ -1,0 +1,56 @@
+/* ev_add, ev_mul (broadcasting), ev_rescale, ev_lut ↔ integer_ops.add / mul / rescale / lut. */
+#include "ev_kernels.h"
+
+#define EV_ADD_LEFT_SHIFT 20 /* integer_ops.ADD_LEFT_SHIFT */
+
+static inline int8_t add_one(const ev_add_t *p, int32_t a, int32_t b) {
+    int64_t as = ev_mbqm((int64_t)(a - p->a_zp) * (1 << EV_ADD_LEFT_SHIFT), p->a_mult, p->a_shift);
+    int64_t bs = ev_mbqm((int64_t)(b - p->b_zp) * (1 << EV_ADD_LEFT_SHIFT), p->b_mult, p->b_shift);
+    return ev_requantize(as + bs, p->out_mult, p->out_shift, p->out_zp); /* int64 sum, saturated by MBQM */
+}
+
+static inline int8_t mul_one(const ev_mul_t *p, int32_t a, int32_t b) {
+    return ev_requantize((int64_t)((a - p->a_zp) * (b - p->b_zp)), p->mult, p->shift, p->out_zp);
+}
+
+/* Walk the contiguous output in rows of the last axis; operand offsets follow their strides, the outer
+ * axes advance like an odometer. Every element is read before it is written (in-place safe when y is a
+ * contiguous operand). */
+#define EV_BROADCAST_LOOP(D, ONE)                                                                     \
+    do {                                                                                              \
+        const int32_t rank = (D)->rank > 0 ? (D)->rank : 1;                                           \
+        const int32_t inner = (D)->rank > 0 ? (D)->shape[rank - 1] : 1;                               \
+        const int32_t as = (D)->rank > 0 ? (D)->a_strides[rank - 1] : 0;                              \
+        const int32_t bs = (D)->rank > 0 ? (D)->b_strides[rank - 1] : 0;                              \
+        int32_t idx[EV_MAX_RANK] = {0}, outer = 1, ao = 0, bo = 0;                                    \
+        for (int32_t d = 0; d < rank - 1; d++) outer *= (D)->shape[d];                                \
+        if (inner <= 0) break;                                                                        \
+        for (int32_t o = 0; o < outer; o++) {                                                         \
+            if (as == 1 && bs == 1)                                                                   \
+                for (int32_t i = 0; i < inner; i++) *y++ = ONE(p, a[ao + i], b[bo + i]);              \
+            else if (as == 1 && bs == 0)                                                              \
+                for (int32_t i = 0; i < inner; i++) *y++ = ONE(p, a[ao + i], b[bo]);                  \
+            else                                                                                      \
+                for (int32_t i = 0; i < inner; i++) *y++ = ONE(p, a[ao + i * as], b[bo + i * bs]);    \
+            for (int32_t d = rank - 2; d >= 0; d--) {                                                 \
+                ao += (D)->a_strides[d];                                                              \
+                bo += (D)->b_strides[d];                                                              \
+                if (++idx[d] < (D)->shape[d]) break;                                                  \
+                ao -= (D)->shape[d] * (D)->a_strides[d];                                              \
+                bo -= (D)->shape[d] * (D)->b_strides[d];                                              \
+                idx[d] = 0;                                                                           \
+            }                                                                                         \
+        }                                                                                             \
+    } while (0)
+
+void ev_add(const ev_add_t *p, const int8_t *a, const int8_t *b, int8_t *y) { EV_BROADCAST_LOOP(&p->dims, add_one); }
+
+void ev_mul(const ev_mul_t *p, const int8_t *a, const int8_t *b, int8_t *y) { EV_BROADCAST_LOOP(&p->dims, mul_one); }
+
+void ev_rescale(int32_t count, int32_t x_zp, int32_t mult, int32_t shift, int32_t out_zp, const int8_t *x, int8_t *y) {
+    for (int32_t i = 0; i < count; i++) y[i] = ev_requantize(x[i] - x_zp, mult, shift, out_zp);
+}
+
+void ev_lut(int32_t count, const int8_t table[256], const int8_t *x, int8_t *y) {
+    for (int32_t i = 0; i < count; i++) y[i] = table[x[i] + 128];
+}

@@ -1,0 +1,1 @@
+"""Microcontroller backend tests: kernels, memory planner, code generator, and the build/run toolchain."""
