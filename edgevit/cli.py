@@ -297,6 +297,8 @@ def cmd_bench(args) -> int:
     from .passes import pipeline
 
     target = targets.load(args.target)
+    if target.backend == "mcu":
+        return _bench_mcu(args, target)
     if args.tracker or args.key:
         raise EdgevitError("bench takes --rpc HOST:PORT (a direct RPC server), not --tracker")
     remote = _remote(args)
@@ -319,6 +321,24 @@ def cmd_bench(args) -> int:
                             args.runs, (remote["host"], remote["port"]) if remote else None)
     parts = [f"{r['runtime']} {r['median_ms']:.3f} ms ({r['ratio_vs_onnxruntime']:.2f}× ORT)" for r in payload["results"]]
     ui.console.print(f"[bold]wrote[/bold] {out_dir}/ ({'; '.join(parts)})")
+    return 0
+
+
+def _bench_mcu(args, target) -> int:
+    from .artifacts import atomic_dir
+    from .bench.mcu import run_mcu_bench
+    from .passes import pipeline
+
+    if args.rpc:
+        raise EdgevitError(f"--rpc is for TVM boards; {target.name} is benchmarked on QEMU (instruction counts)")
+    source, model = _load_for_analysis(args)
+    out_dir = Path(args.output or f"out/bench/{source.name}-{target.name}")
+    optimized, _ = pipeline.run(model, pipeline.select(_csv(args.passes), _csv(args.skip)))
+    with atomic_dir(out_dir) as tmp:
+        r = run_mcu_bench(optimized, target, tmp, source.name, args)
+    ui.console.print(f"[bold]wrote[/bold] {out_dir}/ ({r['instructions'] / 1e6:.2f} M instructions, "
+                     f"{r['macs_per_instruction']:.2f} MAC/instr, estimated {r['estimated_ms']} ms at "
+                     f"{r['clock_hz'] / 1e6:.0f} MHz, peak SRAM {r['peak_sram'] / 1024:.1f} KB)")
     return 0
 
 
@@ -414,9 +434,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pass_args(p)  # tune with the passes you compile with, or the workloads will not match
     p.set_defaults(func=cmd_tune)
 
-    p = sub.add_parser("bench", help="time the TVM build vs onnxruntime vs PyTorch on the same inputs")
+    p = sub.add_parser("bench", help="latency: TVM vs onnxruntime vs PyTorch (host/boards), QEMU instruction counts (MCUs)")
     _add_model_arg(p)
-    p.add_argument("--target", required=True, help="TVM target name (see `edgevit targets`)")
+    p.add_argument("--target", required=True, help="target name (see `edgevit targets`)")
     p.add_argument("-o", "--output", help="report folder (default: out/bench/<model>-<target>)")
     _add_shape_args(p, batch_default=None)
     p.add_argument("--runs", type=int, default=20, help="timed runs per runtime after one warm-up (default: 20)")

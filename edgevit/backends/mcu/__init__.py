@@ -178,6 +178,11 @@ def _test_input_bytes(folder: Path) -> int:
 
 
 def compile_model(model, target, out_dir: Path, name: str, args=None) -> BackendResult:
+    return build_project(model, target, out_dir, name, args)[0]
+
+
+def build_project(model, target, out_dir: Path, name: str, args=None) -> tuple[BackendResult, dict]:
+    """compile_model, plus what benchmarks need: {"q", "schedule", "plan"}."""
     from ...quant.command import quantize_model
     from . import toolchain
 
@@ -234,7 +239,11 @@ def compile_model(model, target, out_dir: Path, name: str, args=None) -> Backend
     ])
     summary = (f"C project, arena {_kib(mem['arena'])}, peak SRAM {_kib(mem['peak_sram'])} of {_kib(sram)}, "
                f"flash {_kib(mem['flash'])} of {_kib(flash)}, host build bit-exact")
-    return BackendResult(summary=summary,
-                         report={"mcu": {"memory": mem, "host_check": parity, "cpu": target.options["cpu"],
-                                         "steps": len(plan.order), "quantization": q.calibration}},
-                         markdown=md)
+    steps = [{"step": pos, "op": schedule.steps[i].op, "node": schedule.steps[i].name, "macs": schedule.steps[i].macs}
+             for pos, i in enumerate(plan.order)]
+    result = BackendResult(summary=summary,
+                           report={"mcu": {"memory": mem, "host_check": parity, "cpu": target.options["cpu"],
+                                           "macs": sum(st["macs"] for st in steps), "steps": steps,
+                                           "quantization": q.calibration}},
+                           markdown=md)
+    return result, {"q": q, "schedule": schedule, "plan": plan, "steps": steps}

@@ -46,6 +46,7 @@ class Step:
     share: str = ""  # "" | "alias" | "inplace" | "rows"
     share_inputs: tuple[int, ...] = ()  # which inputs the output may share with (indices into inputs)
     rows: tuple[int, int, int] = (0, 0, 0)  # (rows, k, n) for share == "rows"
+    macs: int = 0  # multiply-accumulates (reports and benchmarks only)
 
 
 @dataclass

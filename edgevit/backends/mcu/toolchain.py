@@ -42,7 +42,7 @@ from ...errors import EdgevitError
 
 RUNTIME_DIR = Path(__file__).resolve().parent / "runtime"
 RUNTIME_FILES = ("Makefile", "cortexm.ld.in", "startup_cortexm.c", "semihost.c", "semihost.h", "main_host.c",
-                 "main_arm.c")
+                 "main_arm.c", "main_profile.c")
 APT_HINT = "apt-get install -y --no-install-recommends make gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm"
 ARM_PREFIX = "arm-none-eabi-"
 QEMU = "qemu-system-arm"

@@ -1,9 +1,9 @@
 /* ev_conv2d ↔ integer_ops.conv2d: NCHW, groups (depthwise fast path), strides, pads, dilations. */
 #include "ev_kernels.h"
-#include "ev_dot.h"
+#include "ev_common.h"
 
-static inline int8_t conv_out(int64_t acc, const ev_conv2d_t *p, int32_t o) {
-    return ev_requantize(acc + (p->bias ? p->bias[o] : 0), p->mult[o], p->shift[o], p->out_zp);
+static inline int8_t conv_out(int32_t acc, const ev_conv2d_t *p, int32_t o) {
+    return ev_requant_sum(acc, p->bias ? p->bias[o] : 0, p->mult[o], p->shift[o], p->out_zp);
 }
 
 /* One output pixel's receptive field over cg channels, x − x_zp (padding → 0), permuted for ev_dot. */
@@ -45,7 +45,7 @@ static void conv_depthwise(const ev_conv2d_t *p, const int8_t *x, int8_t *y) {
             int8_t *yc = y + ((int64_t)b * p->c + ch) * oh * ow;
             int32_t wsum = 0;
             for (int32_t i = 0; i < kk; i++) wsum += wc[i];
-            const int64_t zsum = (int64_t)zp * wsum, bias = p->bias ? p->bias[ch] : 0;
+            const int32_t zsum = zp * wsum, bias = p->bias ? p->bias[ch] : 0; /* |z·Σw| ≤ 128·127·kh·kw */
             const int32_t mult = p->mult[ch], shift = p->shift[ch], out_zp = p->out_zp;
             const int dense3x3 = kh == 3 && kw == 3 && dh == 1 && dw == 1;
             int32_t t[9] = {0}; /* 3×3 taps held in registers: the y stores may alias the weights for the compiler */
@@ -56,7 +56,7 @@ static void conv_depthwise(const ev_conv2d_t *p, const int8_t *x, int8_t *y) {
                 const int inside_y = iy0 >= 0 && iy0 + (kh - 1) * dh < h;
                 for (int32_t ox = 0; ox < ow; ox++) {
                     const int32_t ix0 = ox * sw - p->pad_l;
-                    int64_t acc;
+                    int32_t acc; /* Σ (x − z)·w, fits int32 (the quantizer's guarantee) */
                     if (inside_y && ix0 >= 0 && ix0 + (kw - 1) * dw < w) {
                         const int8_t *xr = xc + iy0 * w + ix0, *wr = wc;
                         int32_t s = 0;
@@ -68,7 +68,7 @@ static void conv_depthwise(const ev_conv2d_t *p, const int8_t *x, int8_t *y) {
                             for (int32_t ky = 0; ky < kh; ky++, xr += dh * w, wr += kw)
                                 for (int32_t kx = 0; kx < kw; kx++) s += xr[kx * dw] * wr[kx];
                         }
-                        acc = (int64_t)s - zsum;
+                        acc = s - zsum;
                     } else {
                         int32_t s = 0;
                         for (int32_t ky = 0, iy = iy0; ky < kh; ky++, iy += dh) {
@@ -78,7 +78,7 @@ static void conv_depthwise(const ev_conv2d_t *p, const int8_t *x, int8_t *y) {
                         }
                         acc = s;
                     }
-                    yc[oy * ow + ox] = ev_requantize(acc + bias, mult, shift, out_zp);
+                    yc[oy * ow + ox] = ev_requant_sum(acc, bias, mult, shift, out_zp);
                 }
             }
         }

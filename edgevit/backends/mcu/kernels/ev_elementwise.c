@@ -1,16 +1,23 @@
 /* ev_add, ev_mul (broadcasting), ev_rescale, ev_lut ↔ integer_ops.add / mul / rescale / lut. */
 #include "ev_kernels.h"
+#include "ev_common.h"
 
 #define EV_ADD_LEFT_SHIFT 20 /* integer_ops.ADD_LEFT_SHIFT */
 
+/* (x − z)·2^20 fits int32 (|x − z| ≤ 255) */
+static inline int32_t add_input(int32_t v, int32_t mult, int32_t shift) {
+    return ev_fast_shift(shift) ? ev_mbqm32(v * (1 << EV_ADD_LEFT_SHIFT), mult, shift)
+                                : ev_mbqm((int64_t)v * (1 << EV_ADD_LEFT_SHIFT), mult, shift);
+}
+
 static inline int8_t add_one(const ev_add_t *p, int32_t a, int32_t b) {
-    int64_t as = ev_mbqm((int64_t)(a - p->a_zp) * (1 << EV_ADD_LEFT_SHIFT), p->a_mult, p->a_shift);
-    int64_t bs = ev_mbqm((int64_t)(b - p->b_zp) * (1 << EV_ADD_LEFT_SHIFT), p->b_mult, p->b_shift);
-    return ev_requantize(as + bs, p->out_mult, p->out_shift, p->out_zp); /* int64 sum, saturated by MBQM */
+    /* a' + b' is saturated to int32 before the output MBQM, as the spec's sat32 */
+    return ev_requant_sum(add_input(a - p->a_zp, p->a_mult, p->a_shift), add_input(b - p->b_zp, p->b_mult, p->b_shift),
+                          p->out_mult, p->out_shift, p->out_zp);
 }
 
 static inline int8_t mul_one(const ev_mul_t *p, int32_t a, int32_t b) {
-    return ev_requantize((int64_t)((a - p->a_zp) * (b - p->b_zp)), p->mult, p->shift, p->out_zp);
+    return ev_requant_sum((a - p->a_zp) * (b - p->b_zp), 0, p->mult, p->shift, p->out_zp);
 }
 
 /* Walk the contiguous output in rows of the last axis; operand offsets follow their strides, the outer
@@ -48,7 +55,7 @@ void ev_add(const ev_add_t *p, const int8_t *a, const int8_t *b, int8_t *y) { EV
 void ev_mul(const ev_mul_t *p, const int8_t *a, const int8_t *b, int8_t *y) { EV_BROADCAST_LOOP(&p->dims, mul_one); }
 
 void ev_rescale(int32_t count, int32_t x_zp, int32_t mult, int32_t shift, int32_t out_zp, const int8_t *x, int8_t *y) {
-    for (int32_t i = 0; i < count; i++) y[i] = ev_requantize(x[i] - x_zp, mult, shift, out_zp);
+    for (int32_t i = 0; i < count; i++) y[i] = ev_requant_sum(x[i] - x_zp, 0, mult, shift, out_zp);
 }
 
 void ev_lut(int32_t count, const int8_t table[256], const int8_t *x, int8_t *y) {

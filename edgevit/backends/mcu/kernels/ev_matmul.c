@@ -1,6 +1,6 @@
 /* ev_linear ↔ integer_ops.linear (weight transposed to (n, k)), ev_matmul ↔ integer_ops.matmul. */
 #include "ev_kernels.h"
-#include "ev_dot.h"
+#include "ev_common.h"
 
 void ev_linear(const ev_linear_t *p, const int8_t *x, int8_t *y, int16_t *scratch) {
     const int32_t k = p->k, n = p->n;
@@ -13,12 +13,12 @@ void ev_linear(const ev_linear_t *p, const int8_t *x, int8_t *y, int16_t *scratc
             int32_t acc[4] = {0, 0, 0, 0};
             ev_dot_4w(p->weight + (int64_t)j * k, k, scratch, k, acc);
             for (int32_t t = 0; t < 4; t++)
-                yr[j + t] = ev_requantize((int64_t)acc[t] + (p->bias ? p->bias[j + t] : 0), p->mult[j + t],
-                                          p->shift[j + t], p->out_zp);
+                yr[j + t] = ev_requant_sum(acc[t], p->bias ? p->bias[j + t] : 0, p->mult[j + t], p->shift[j + t],
+                                           p->out_zp);
         }
         for (; j < n; j++)
-            yr[j] = ev_requantize((int64_t)ev_dot_1(p->weight + (int64_t)j * k, scratch, k) +
-                                      (p->bias ? p->bias[j] : 0), p->mult[j], p->shift[j], p->out_zp);
+            yr[j] = ev_requant_sum(ev_dot_1(p->weight + (int64_t)j * k, scratch, k), p->bias ? p->bias[j] : 0,
+                                   p->mult[j], p->shift[j], p->out_zp);
     }
 }
 
@@ -43,7 +43,7 @@ static void transpose_b(const int8_t *b, int32_t k, int32_t n, int32_t zp, int16
  * Σ a·b' may leave int32 near the K limit, so the correction is done modulo 2^32: the final value fits. */
 static inline int8_t mm_out(int32_t dot, int32_t a_zp, int32_t colsum, const ev_matmul_t *p) {
     int32_t acc = (int32_t)((uint32_t)dot - (uint32_t)a_zp * (uint32_t)colsum);
-    return ev_requantize(acc, p->mult, p->shift, p->out_zp);
+    return ev_requant_sum(acc, 0, p->mult, p->shift, p->out_zp);
 }
 
 static inline int32_t row_sum(const int16_t *s, int32_t k) {

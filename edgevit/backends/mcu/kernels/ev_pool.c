@@ -1,5 +1,6 @@
 /* ev_avgpool, ev_maxpool, ev_reduce_mean ↔ integer_ops.avgpool / maxpool / reduce_mean (NCHW). */
 #include "ev_kernels.h"
+#include "ev_common.h"
 
 /* [lo, hi) of the kernel taps t with 0 ≤ i0 + t < size (unit dilation) */
 static inline void tap_range(int32_t i0, int32_t k, int32_t size, int32_t *lo, int32_t *hi) {
@@ -24,7 +25,7 @@ void ev_avgpool(const ev_pool_t *p, const int8_t *x, int8_t *y) {
                 }
                 /* padding is x_zp, i.e. contributes 0 to Σ (x − x_zp) */
                 cnt = (yhi > ylo && xhi > xlo) ? (yhi - ylo) * (xhi - xlo) : 0;
-                *y = ev_requantize((int64_t)s - (int64_t)cnt * p->x_zp, p->mult, p->shift, p->out_zp);
+                *y = ev_requant_sum(s, -cnt * p->x_zp, p->mult, p->shift, p->out_zp);
             }
         }
     }
@@ -57,7 +58,7 @@ void ev_reduce_mean(const ev_reduce_mean_t *p, const int8_t *x, int8_t *y) {
         for (int32_t i = 0; i < I; i++) {
             int32_t s = 0;
             for (int32_t r = 0; r < R; r++) s += x[r * I + i];
-            *y++ = ev_requantize((int64_t)s - (int64_t)R * p->x_zp, p->mult, p->shift, p->out_zp);
+            *y++ = ev_requant_sum(s, -R * p->x_zp, p->mult, p->shift, p->out_zp);
         }
     }
 }

@@ -1,5 +1,6 @@
-/* Private to the kernels (not part of the API): the int8 · int16 dot products shared by conv2d,
- * linear and matmul, in an ACLE SIMD version (__ARM_FEATURE_DSP) and a portable C version.
+/* Private to the kernels (not part of the API): the int8 · int16 dot products of conv2d, linear and matmul
+ * and a fast int32 requantization used by every op with int32 sums, each in an ACLE SIMD version
+ * (__ARM_FEATURE_DSP) and a portable C version.
  *
  * The int16 operand (x − zero point, built by the kernel in its scratch) is stored PERMUTED: the first
  * k & ~3 values in blocks of 4 as (v0, v2, v1, v3), the tail in natural order. That is the order in
@@ -8,11 +9,12 @@
  * the int16 side. Both builds use the same layout, so the host tests cover the scratch builders too.
  * All sums are exact integers: any accumulation order gives the reference's bits.
  */
-#ifndef EV_DOT_H
-#define EV_DOT_H
+#ifndef EV_COMMON_H
+#define EV_COMMON_H
 
 #include <stdint.h>
 #include <string.h>
+#include "ev_kernels.h"
 
 #if defined(__ARM_FEATURE_DSP)
 #include <arm_acle.h>
@@ -38,11 +40,35 @@ static inline int32_t ev_hi(uint32_t v) {
     __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(v));
     return r;
 }
-/* Compiler barrier between the rows of a 4-row step: without it GCC's pre-RA scheduler hoists all the
- * loads of the step, needs more than the 14 usable registers and spills inside the loop (4 rows: 24
- * instructions per 16 MACs with the barriers, 28–31 with spills). It emits no instruction. */
+/* Compiler barrier inside an unrolled step: without it GCC's pre-RA scheduler hoists all the loads of the
+ * step, needs more than the 14 usable registers and spills inside the loop (ev_dot_4w: 24 instructions
+ * per 16 MACs with the barriers, 28–31 with spills). It emits no instruction. */
 #define EV_STEP_BARRIER() __asm__ volatile("" ::: "memory")
 #endif
+
+/* Fast requantization, the bits of the header's ev_mbqm / ev_requantize in ~20 instead of ~50 instructions
+ * on a Cortex-M7: the spec's SRDHM with its ±nudge and truncating division equals floor((x·M + 2^30) / 2^31)
+ * for every product (ceil(t/d) = floor((t+d−1)/d)), and for shifts e ∈ [−31, 0] everything after the
+ * 32×32→64 multiply fits int32. e > 0 (a real factor above 1: rare) takes the header's int64 path. */
+static inline int ev_fast_shift(int32_t shift) { return shift <= 0 && shift >= -31; }
+
+/* MBQM(x, M, e) of an int32 x, e ∈ [−31, 0] */
+static inline int32_t ev_mbqm32(int32_t x, int32_t mult, int32_t shift) {
+    const int32_t h = (x == INT32_MIN && mult == INT32_MIN) ? INT32_MAX
+                                                             : (int32_t)(((int64_t)x * mult + (1 << 30)) >> 31);
+    const int32_t mask = (int32_t)((1u << -shift) - 1u);
+    return (h >> -shift) + ((h & mask) > (mask >> 1) + (h < 0)); /* RDBPOT, arithmetic >> as the spec */
+}
+
+/* requantize(sum + bias, M, e, z) for int32 sum and bias (their int64 sum is saturated, as the spec's sat32) */
+static inline int8_t ev_requant_sum(int32_t sum, int32_t bias, int32_t mult, int32_t shift, int32_t zp) {
+    if (!ev_fast_shift(shift)) return ev_requantize((int64_t)sum + bias, mult, shift, zp);
+#if EV_SIMD
+    return (int8_t)__ssat(__qadd(ev_mbqm32(__qadd(sum, bias), mult, shift), zp), 8); /* QADD = sat32(a + b) */
+#else
+    return ev_clamp8((int64_t)ev_mbqm32(ev_sat32((int64_t)sum + bias), mult, shift) + zp);
+#endif
+}
 
 /* Swap the middle two of every block of 4 in s[0 .. k & ~3): natural → permuted layout (self-inverse). */
 static inline void ev_permute4(int16_t *s, int32_t k) {
@@ -165,4 +191,4 @@ static inline int32_t ev_dot_1(const int8_t *w, const int16_t *s, int32_t k) {
     return (int32_t)a;
 }
 
-#endif /* EV_DOT_H */
+#endif /* EV_COMMON_H */
