@@ -10,7 +10,7 @@ cd "$(dirname "$0")"
 # debootstrap for the emulated arm64 userland (scripts/arm64_userland.sh, cached under ~/.cache/edgevit);
 # arm-none-eabi-gcc + newlib and qemu-system-arm to build and run the STM32 C runtime on an emulated Cortex-M7.
 APT_PACKAGES=(gcc-aarch64-linux-gnu g++-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user debootstrap
-              gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm)
+              make gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm)
 if [ ${#APT_PACKAGES[@]} -gt 0 ]; then
   missing=()
   for p in "${APT_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

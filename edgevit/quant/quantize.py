@@ -369,7 +369,8 @@ class _Quantizer:
         for node in self.g.nodes:
             if id(node) not in self.fused:
                 handlers.get(node.op, self.elementwise)(node)
-        used = {t for n in self.nodes for t in (*n.inputs, *n.outputs)} | {self.g.input}
+        # in order of first use, so the saved model (and the C generated from it) is the same every run
+        used = list(dict.fromkeys([self.g.input, *(t for n in self.nodes for t in (*n.inputs, *n.outputs))]))
         tensors = {t: self.qp[t] for t in used}
         shapes = {t: list(self.shapes[t]) for t in used}
         return QuantizedModel(self.nodes, tensors, shapes, self.consts, self.g.input, list(self.g.outputs))

@@ -153,3 +153,30 @@ def test_bad_budget_option_is_one_line(tmp_path):
     assert r.returncode == 2 and "--sram 'lots': give bytes" in r.stderr
     r = edgevit("compile", "--target", "rpi4", "mcu_former", "-o", str(tmp_path / "x"), "--sram", "20K")
     assert r.returncode == 2 and "only apply to microcontroller targets" in r.stderr
+
+
+@needs_qemu
+def test_bench_counts_instructions_per_op_class(tmp_path):
+    out = tmp_path / "bench"
+    r = edgevit("bench", "--target", "stm32f746", "mcu_former", "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    doc = json.loads((out / "mcu_former.bench.json").read_text())
+    assert doc["instructions"] > doc["macs"] / 4 > 0  # no kernel does 4 MACs per instruction
+    assert sum(op["instructions"] for op in doc["by_op"]) <= doc["instructions"]
+    assert sum(op["instructions"] for op in doc["by_op"]) > 0.95 * doc["instructions"]  # steps cover the run
+    assert {op["op"] for op in doc["by_op"]} >= {"conv2d", "linear", "matmul", "softmax", "layernorm"}
+    assert doc["estimated_ms"] == round(doc["instructions"] / 216e6 * 1e3, 3) and "estimated" in doc["estimate_note"]
+    assert (out / "mcu_former.bench.png").stat().st_size > 0 and (out / "project" / "model.c").is_file()
+
+
+@needs_host
+def test_same_model_compiles_to_the_same_bytes(projects, tmp_path):
+    again = tmp_path / "again"
+    r = edgevit("compile", "--target", "stm32f746", "mcu_former", "-o", str(again))
+    assert r.returncode == 0, r.stderr
+    first = projects["mcu_former"]
+    for f in sorted(first.iterdir()):
+        if f.suffix in (".c", ".h", ".mk", ".in", ".npz") or f.name in ("Makefile", "mcu_former.int8.json"):
+            if f.name.startswith("test_input"):  # rewritten by the QEMU tests above
+                continue
+            assert f.read_bytes() == (again / f.name).read_bytes(), f.name

@@ -1,21 +1,23 @@
 """The MCU int8 C kernels (edgevit/backends/mcu/kernels) against their numpy spec, integer_ops.py, bit for bit.
 
 Host: all kernels are built once as a shared library (portable C path) and called through ctypes on
-seeded random data. Cortex-M: the whole set must compile with -Werror for M7 and M4, and the SIMD path
-(__ARM_FEATURE_DSP) of conv2d / depthwise / linear / matmul runs in QEMU (mps2-an500, Cortex-M7) from a
-generated C driver that prints its outputs in hex over semihosting. The same driver also runs on the host
-under AddressSanitizer + UBSan. Each case is a `Case` (kernel name + arguments + numpy expectation), so
-the ctypes runner and the C driver generator share the builders.
+seeded random data, with guard bytes after every output and scratch buffer. Cortex-M: the whole set must
+compile with -Werror for M7 and M4, and a generated C driver (every kernel, with the conv2d / depthwise /
+linear / matmul SIMD cases and requantization extremes, plus a self-test of the private fast
+requantization against the header's) runs on a Cortex-M7 in QEMU (mps2-an500, semihosting, outputs in hex)
+— the __ARM_FEATURE_DSP path — and on the host under AddressSanitizer + UBSan. Each case is a `Case`
+(kernel name + arguments + numpy expectation), shared by the ctypes runner and the driver generator.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import re
 import shutil
 import subprocess
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +30,8 @@ from edgevit.quant.scheme import quantize_multiplier
 KDIR = Path(edgevit.__file__).parent / "backends" / "mcu" / "kernels"
 SOURCES = sorted(KDIR.glob("*.c"))
 WARN = ["-std=c99", "-Wall", "-Wextra", "-Werror"]
-ARM_CPUS = {"cortex-m7": ["-mcpu=cortex-m7", "-mfpu=fpv5-sp-d16"], "cortex-m4": ["-mcpu=cortex-m4", "-mfpu=fpv4-sp-d16"]}
+ARM_CPUS = {"cortex-m7": ["-mcpu=cortex-m7", "-mfpu=fpv5-sp-d16"],
+            "cortex-m4": ["-mcpu=cortex-m4", "-mfpu=fpv4-sp-d16"]}
 ARM_FLAGS = ["-mthumb", "-mfloat-abi=hard", "-ffunction-sections", "-fdata-sections"]
 GUARD = 16  # bytes after each output / scratch buffer that must stay untouched
 I32_MIN, I32_MAX = -(2 ** 31), 2 ** 31 - 1
@@ -111,8 +114,6 @@ class Case:
     args: list
     expected: np.ndarray
     alias: int | None = None  # index of the In argument that the output buffer overwrites (in place)
-    name: str = ""
-    keep: list = field(default_factory=list)
 
     @property
     def out_size(self) -> int:
@@ -163,7 +164,7 @@ def run_ctypes(lib, case: Case) -> np.ndarray:
             keep.append(buf)
             cargs.append(ctypes.c_void_p(buf.ctypes.data))
         elif isinstance(a, Scratch):
-            buf = np.full(a.nbytes // 2 + 2 + GUARD // 2, 0x5A5A, np.int16)
+            buf = np.full((a.nbytes + GUARD) // 2, 0x5A5A, np.int16)
             assert buf.ctypes.data % 4 == 0
             keep.append(buf)
             guards.append((buf, a.nbytes // 2))
@@ -190,7 +191,7 @@ def check(lib, case: Case) -> None:
 
 # ---- builders (numpy reference side) ---------------------------------------------------------------------
 def conv_case(rng, n, c, h, w, cout, kernel, stride=(1, 1), pads=(0, 0, 0, 0), dil=(1, 1), group=1,
-              x_zp=0, out_zp=0, bias=True, negative=False, gain=1.0) -> Case:
+              x_zp=0, out_zp=0, bias=True, negative=False, gain=1.0, wild=False) -> Case:
     kh, kw = kernel
     cg = c // group
     x = i8(rng, (n, c, h, w))
@@ -200,6 +201,8 @@ def conv_case(rng, n, c, h, w, cout, kernel, stride=(1, 1), pads=(0, 0, 0, 0), d
     if negative:
         real *= rng.choice([-1, 1], cout)
     m, s = mults(real)
+    if wild:  # any (M, shift) and biases at the int32 limits: every branch of the requantization
+        (m, s), b = wild_mults(rng, cout), wild_bias(rng, cout)
     ref = K.conv2d(x, x_zp, wq, b, m, s, out_zp, stride, pads, dil, group)
     oh, ow = ref.shape[2:]
     p = dict(n=n, c=c, h=h, w=w, cout=cout, oh=oh, ow=ow, kh=kh, kw=kw, stride_h=stride[0], stride_w=stride[1],
@@ -208,7 +211,7 @@ def conv_case(rng, n, c, h, w, cout, kernel, stride=(1, 1), pads=(0, 0, 0, 0), d
     return Case("ev_conv2d", [S("ev_conv2d_t", p), In(x), Out(ref.size), Scratch(2 * cg * kh * kw)], ref)
 
 
-def linear_case(rng, rows, k, n, x_zp=0, out_zp=0, bias=True, negative=False) -> Case:
+def linear_case(rng, rows, k, n, x_zp=0, out_zp=0, bias=True, negative=False, wild=False) -> Case:
     x = i8(rng, (rows, k))
     w = rng.integers(-127, 128, (k, n)).astype(np.int8)  # integer_ops layout (k, n)
     b = rng.integers(-20000, 20000, n).astype(np.int32) if bias else np.zeros(n, np.int32)
@@ -216,20 +219,26 @@ def linear_case(rng, rows, k, n, x_zp=0, out_zp=0, bias=True, negative=False) ->
     if negative:
         real *= rng.choice([-1, 1], n)
     m, s = mults(real)
+    if wild:
+        (m, s), b = wild_mults(rng, n), wild_bias(rng, n)
     ref = K.linear(x, x_zp, w, b, m, s, out_zp)
     p = dict(rows=rows, k=k, n=n, x_zp=x_zp, out_zp=out_zp, weight=np.ascontiguousarray(w.T),
              bias=b if bias else None, mult=m, shift=s)
     return Case("ev_linear", [S("ev_linear_t", p), In(x), Out(ref.size), Scratch(2 * k)], ref)
 
 
-def matmul_case(rng, batch, m, k, n, a_bcast=False, b_bcast=False, a_zp=0, b_zp=0, out_zp=0, gain=1.0) -> Case:
+def matmul_case(rng, batch, m, k, n, a_bcast=False, b_bcast=False, a_zp=0, b_zp=0, out_zp=0, gain=1.0,
+                wild=False) -> Case:
     a = i8(rng, (1 if a_bcast else batch, m, k))
     b = i8(rng, (1 if b_bcast else batch, k, n))
     mm, sh = mults(gain * rng.uniform(0.5, 2.0) * 100 / (74 * 74 * np.sqrt(k)))
+    if wild:
+        mm, sh = wild_mults(rng, 1)
     ref = K.matmul(a, a_zp, b, b_zp, mm, sh, out_zp)
     ref = np.broadcast_to(ref, (batch, m, n))
-    p = dict(batch=batch, m=m, k=k, n=n, a_batch_stride=0 if a_bcast else m * k, b_batch_stride=0 if b_bcast else k * n,
-             a_zp=a_zp, b_zp=b_zp, out_zp=out_zp, mult=int(mm[0]), shift=int(sh[0]))
+    p = dict(batch=batch, m=m, k=k, n=n, a_batch_stride=0 if a_bcast else m * k,
+             b_batch_stride=0 if b_bcast else k * n, a_zp=a_zp, b_zp=b_zp, out_zp=out_zp, mult=int(mm[0]),
+             shift=int(sh[0]))
     return Case("ev_matmul", [S("ev_matmul_t", p), In(a), In(b), Out(ref.size), Scratch(2 * k * n)], ref)
 
 
@@ -251,6 +260,19 @@ def wild_mult(rng) -> tuple[int, int]:
     """Any (M, shift) the C types can carry: M over all of int32 (INT32_MIN included), shift ∈ [−31, 30]."""
     m = int(rng.choice([I32_MIN, I32_MAX, -1, 0, 1, int(rng.integers(I32_MIN, I32_MAX))]))
     return m, int(rng.integers(-31, 31))
+
+
+def wild_mults(rng, n) -> tuple[np.ndarray, np.ndarray]:
+    m, s = zip(*(wild_mult(rng) for _ in range(n)))
+    return np.array(m, np.int32), np.array(s, np.int32)
+
+
+def wild_bias(rng, n) -> np.ndarray:
+    """Biases over the whole int32 range (sum + bias saturates), some at the extremes."""
+    b = rng.integers(I32_MIN, I32_MAX, n, endpoint=True)
+    b[rng.random(n) < 0.3] = I32_MAX
+    b[rng.random(n) < 0.3] = I32_MIN
+    return b.astype(np.int32)
 
 
 def add_case(rng, sa, sb, pad6=False, sub=False, wild=False, zps=None) -> Case:
@@ -307,7 +329,7 @@ def softmax_case(rng, rows, length, scale) -> Case:
     return Case("ev_softmax", [rows, length, In(table.astype(np.uint16)), In(x), Out(ref.size)], ref)
 
 
-def layernorm_case(rng, rows, length, spread=1.0, eps=1e-5, s_x=0.05, out_zp=None) -> Case:
+def layernorm_case(rng, rows, length, spread=1.0, eps=1e-5, s_x=0.05, out_zp=None, wild=False) -> Case:
     x = np.clip(rng.standard_normal((rows, length)) * spread * 40 + rng.standard_normal((rows, 1)) * 20, -128, 127)
     x = x.astype(np.int8)
     if rows > 2:
@@ -317,16 +339,20 @@ def layernorm_case(rng, rows, length, spread=1.0, eps=1e-5, s_x=0.05, out_zp=Non
     out_zp = int(rng.integers(-128, 128)) if out_zp is None else out_zp
     m, s = mults(gamma / (2 ** K.LN_OUT_BITS * s_o))
     beta_q = np.round(beta / s_o).astype(np.int32)
+    if wild:  # β_q within ±2^30: integer_ops.layernorm adds z_o + β_q in int32 (numpy), which wraps near 2^31
+        (m, s), beta_q = wild_mults(rng, length), rng.integers(-2 ** 30, 2 ** 30, length).astype(np.int32)
     eps_q = int(round(eps * 2 ** K.LN_VAR_BITS / s_x ** 2))
     ref = K.layernorm(x, m, s, beta_q, eps_q, out_zp)
     p = dict(rows=rows, len=length, eps_q=eps_q, out_zp=out_zp, mult=m, shift=s, beta=beta_q)
     return Case("ev_layernorm", [S("ev_layernorm_t", p), In(x), Out(ref.size)], ref)
 
 
-def pool_case(rng, kind, n, c, h, w, kernel, stride, pads, dil=(1, 1), x_zp=0, out_zp=0) -> Case:
+def pool_case(rng, kind, n, c, h, w, kernel, stride, pads, dil=(1, 1), x_zp=0, out_zp=0, wild=False) -> Case:
     x = i8(rng, (n, c, h, w))
     if kind == "avg":
         (m,), (s,) = mults(rng.uniform(0.5, 2.0) / (kernel[0] * kernel[1]))
+        if wild:
+            m, s = wild_mult(rng)
         ref = K.avgpool(x, x_zp, m, s, out_zp, kernel, stride, pads)
     else:
         m = s = 0
@@ -337,13 +363,15 @@ def pool_case(rng, kind, n, c, h, w, kernel, stride, pads, dil=(1, 1), x_zp=0, o
     return Case(f"ev_{kind}pool", [S("ev_pool_t", p), In(x), Out(ref.size)], ref)
 
 
-def reduce_mean_case(rng, shape, axes, x_zp=0, out_zp=0) -> Case:
+def reduce_mean_case(rng, shape, axes, x_zp=0, out_zp=0, wild=False) -> Case:
     x = i8(rng, shape)
     axes = sorted(a % len(shape) for a in axes)
     assert axes == list(range(axes[0], axes[-1] + 1)), "contiguous axes"
     outer, red, inner = (int(np.prod(shape[:axes[0]])), int(np.prod(shape[axes[0]:axes[-1] + 1])),
                          int(np.prod(shape[axes[-1] + 1:])))
     (m,), (s,) = mults(rng.uniform(0.5, 2.0) / red)
+    if wild:
+        m, s = wild_mult(rng)
     ref = K.reduce_mean(x, x_zp, m, s, out_zp, axes, False)
     p = dict(outer=outer, reduce=red, inner=inner, x_zp=x_zp, mult=m, shift=s, out_zp=out_zp)
     return Case("ev_reduce_mean", [S("ev_reduce_mean_t", p), In(x), Out(ref.size)], ref)
@@ -374,16 +402,36 @@ def lib(tmp_path_factory):
     return lib
 
 
+def test_struct_layouts_match_the_header(tmp_path):
+    """The ctypes mirrors above (and so every test) follow ev_kernels.h: same size and field offsets."""
+    if not shutil.which("gcc"):
+        pytest.skip("gcc missing")
+    lines = []
+    for name in STRUCTS:
+        lines.append(f'    printf("{name} size %zu\\n", sizeof({name}));')
+        lines += [f'    printf("{name} {f} %zu\\n", offsetof({name}, {f}));' for f, _ in _fields(STRUCTS[name])]
+    src = "#include <stddef.h>\n#include <stdio.h>\n#include \"ev_kernels.h\"\nint main(void) {\n" + \
+        "\n".join(lines) + "\n    return 0;\n}\n"
+    (tmp_path / "layout.c").write_text(src)
+    proc = subprocess.run(["gcc", *WARN, "-I", str(KDIR), str(tmp_path / "layout.c"), "-o", str(tmp_path / "layout")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    out = subprocess.run([str(tmp_path / "layout")], capture_output=True, text=True, check=True).stdout
+    for line in out.splitlines():
+        name, f, value = line.split()
+        ct = CT[name]
+        assert int(value) == (ctypes.sizeof(ct) if f == "size" else getattr(ct, f).offset), line
+
+
 def test_sources_are_self_contained():
     """No float, no malloc, no libc beyond <stdint.h>/<string.h> (and ACLE) in the kernel sources."""
     assert {p.name for p in SOURCES} >= {"ev_conv.c", "ev_matmul.c", "ev_elementwise.c", "ev_norm.c", "ev_pool.c",
                                         "ev_move.c"}
-    import re
     for p in [*SOURCES, *KDIR.glob("*.h")]:
         text = re.sub(r"/\*.*?\*/", "", p.read_text(), flags=re.S)
         assert not re.search(r"\b(float|double|malloc|free|printf)\b", text), p.name
         for inc in re.findall(r'#include\s*[<"]([^>"]+)[>"]', text):
-            assert inc in {"stdint.h", "string.h", "arm_acle.h", "ev_kernels.h", "ev_dot.h"}, (p.name, inc)
+            assert inc in {"stdint.h", "string.h", "arm_acle.h", "ev_kernels.h", "ev_common.h"}, (p.name, inc)
 
 
 # ---- conv2d ----------------------------------------------------------------------------------------------
@@ -403,6 +451,8 @@ CONV = {  # n, c, h, w, cout, kernel, kwargs
     "dw5x5_dil2": (1, 4, 11, 10, 4, (5, 5), dict(pads=(4, 4, 4, 4), dil=(2, 2), group=4, x_zp=-9, negative=True)),
     "dw7x7_no_pad": (1, 3, 9, 12, 3, (7, 7), dict(group=3, x_zp=50, gain=8.0)),
     "dw_pad_beyond_kernel": (1, 2, 2, 3, 2, (2, 2), dict(pads=(3, 3, 2, 2), group=2, x_zp=-100)),
+    "wild_requant": (1, 6, 5, 5, 23, (3, 3), dict(pads=(1, 1, 1, 1), x_zp=-128, wild=True)),
+    "dw_wild_requant": (1, 24, 4, 4, 24, (3, 3), dict(pads=(1, 1, 1, 1), group=24, x_zp=127, wild=True)),
 }
 
 
@@ -481,6 +531,27 @@ def test_mul(lib, i, wild):
     check(lib, mul_case(rng_for("mul", i, wild), sa, sb, pad6=i % 2 == 0, wild=wild, zps=zps))
 
 
+def requant_extreme_cases(rng) -> list[Case]:
+    """Every op that requantizes an int32 sum, with (M, shift) anywhere in int32 × [−31, 30] (INT32_MIN,
+    positive shifts, saturating left shifts) and biases at the int32 limits."""
+    cases = [linear_case(rng, 3, 19, 23, x_zp=127, wild=True), linear_case(rng, 2, 8, 40, x_zp=-128, wild=True)]
+    cases += [matmul_case(rng, 2, 5, 11, 7, a_zp=-128, b_zp=3, out_zp=int(z), wild=True)
+              for z in rng.integers(-128, 128, 12)]
+    cases += [mul_case(rng, (3, 5), (5,), wild=True) for _ in range(6)]
+    cases += [layernorm_case(rng, 3, 40, wild=True), layernorm_case(rng, 2, 2, wild=True)]
+    cases += [add_case(rng, (4, 6), (4, 6), wild=True) for _ in range(6)]
+    cases += [pool_case(rng, "avg", 1, 2, 6, 6, (3, 3), (1, 1), (1, 1, 1, 1), x_zp=-128, out_zp=int(z), wild=True)
+              for z in rng.integers(-128, 128, 6)]
+    cases += [reduce_mean_case(rng, (2, 30, 3), (1,), x_zp=127, out_zp=int(z), wild=True)
+              for z in rng.integers(-128, 128, 6)]
+    return cases
+
+
+def test_requantization_extremes(lib):
+    for case in requant_extreme_cases(rng_for("extremes")):
+        check(lib, case)
+
+
 def test_add_mul_in_place(lib):
     rng = rng_for("add-ip")
     for case in (add_case(rng, (4, 6), (6,)), add_case(rng, (3, 5), (3, 5), sub=True), mul_case(rng, (2, 7), (1,))):
@@ -512,7 +583,8 @@ def test_lut(lib):
 
 
 # ---- softmax / layernorm ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("rows,length,scale", [(6, 49, 0.08), (4, 197, 0.02), (3, 1, 0.3), (5, 16, 1.5), (2, 33, 0.0), (2, 512, 0.0)])  # 512 equal logits: exact ties
+@pytest.mark.parametrize("rows,length,scale", [(6, 49, 0.08), (4, 197, 0.02), (3, 1, 0.3), (5, 16, 1.5), (2, 33, 0.0),
+                                               (2, 512, 0.0)])  # 512 equal logits: 256·e/S = ½, exact ties
 def test_softmax(lib, rows, length, scale):
     check(lib, softmax_case(rng_for("softmax", rows, length), rows, length, scale))
 
@@ -576,9 +648,13 @@ def _copy(lib, x: np.ndarray, x_off: int, view: np.ndarray, y: np.ndarray, y_off
     """ev_copy of `view` (a strided view into x starting x_off elements in) to y at y_off with y_strides."""
     shape = np.array(view.shape, np.int32)
     ins, outs = np.array(view.strides, np.int32), np.array(y_strides, np.int32)
-    lib.ev_copy(ctypes.c_int32(view.ndim), shape.ctypes.data_as(ctypes.c_void_p), ins.ctypes.data_as(ctypes.c_void_p),
-                outs.ctypes.data_as(ctypes.c_void_p), ctypes.c_void_p(x.ctypes.data + x_off),
-                ctypes.c_void_p(y.ctypes.data + y_off))
+    ptr = ctypes.c_void_p
+    lib.ev_copy(ctypes.c_int32(view.ndim), ptr(shape.ctypes.data), ptr(ins.ctypes.data), ptr(outs.ctypes.data),
+                ptr(x.ctypes.data + x_off), ptr(y.ctypes.data + y_off))
+
+
+def _offset(view: np.ndarray, base: np.ndarray) -> int:
+    return view.__array_interface__["data"][0] - base.__array_interface__["data"][0]
 
 
 def test_copy_slice_split_concat(lib):
@@ -587,23 +663,20 @@ def test_copy_slice_split_concat(lib):
     # slice with steps
     view = x[:, 1:5:2, ::3, 2:]
     y = np.zeros(view.size, np.int8)
-    off = (view.__array_interface__["data"][0] - x.__array_interface__["data"][0])
-    _copy(lib, x, off, view, y, 0, np.ascontiguousarray(view).strides)
+    _copy(lib, x, _offset(view, x), view, y, 0, np.ascontiguousarray(view).strides)
     assert np.array_equal(y.reshape(view.shape), view)
     # split along channels, then concat back along channels
     parts = [x[:, :2], x[:, 2:3], x[:, 3:]]
     outs = []
     for part in parts:
-        off = part.__array_interface__["data"][0] - x.__array_interface__["data"][0]
         out = np.zeros(part.shape, np.int8)
-        _copy(lib, x, off, part, out, 0, out.strides)
+        _copy(lib, x, _offset(part, x), part, out, 0, out.strides)
         outs.append(out)
         assert np.array_equal(out, part)
     y = np.zeros(x.shape, np.int8)
     c0 = 0
     for out in outs:
-        _copy(lib, out, 0, out, y, y[:, c0:].__array_interface__["data"][0] - y.__array_interface__["data"][0],
-              y.strides)
+        _copy(lib, out, 0, out, y, _offset(y[:, c0:], y), y.strides)
         c0 += out.shape[1]
     assert np.array_equal(y, x)
     # concat along the last axis (strided destination rows)
@@ -614,8 +687,8 @@ def test_copy_slice_split_concat(lib):
     assert np.array_equal(y, np.concatenate([a, b], -1))
 
 
-@pytest.mark.parametrize("shape,axis,idx", [((3, 7, 4), 1, [0, 6, 2, 2, -1]), ((5, 9), 0, [4, 0]), ((2, 3, 10), 2, [9, -10, 5]),
-                                            ((197, 64), 0, [0])])
+@pytest.mark.parametrize("shape,axis,idx", [((3, 7, 4), 1, [0, 6, 2, 2, -1]), ((5, 9), 0, [4, 0]),
+                                            ((2, 3, 10), 2, [9, -10, 5]), ((197, 64), 0, [0])])
 def test_gather(lib, shape, axis, idx):
     x = i8(rng_for("gather", shape, axis), shape)
     idx = np.array(idx, np.int32)
@@ -667,17 +740,18 @@ def driver_source(cases: list[Case]) -> str:
         p, args, out_n = f"c{i}", [], case.out_size
         for j, a in enumerate(case.args):
             if isinstance(a, S):
-                decls.append(f"static const {a.type} {p}_p{j} = {_struct_init(a.type, a.values, f'{p}_p{j}', decls)};\n")
+                init = _struct_init(a.type, a.values, f"{p}_p{j}", decls)  # declares the struct's arrays first
+                decls.append(f"static const {a.type} {p}_p{j} = {init};\n")
                 args.append(f"&{p}_p{j}")
             elif isinstance(a, In):
                 decls.append(_array(f"{p}_a{j}", np.ascontiguousarray(a.a)))
                 args.append(f"{p}_a{j} + {a.offset}")
             elif isinstance(a, Out):
-                decls.append(f"static int8_t {p}_y[{out_n + GUARD}];\n")
+                decls.append(f"static int8_t {p}_y[{out_n} + GUARD];\n")
                 args.append(f"{p}_y")
             elif isinstance(a, Scratch):
-                n16 = a.nbytes // 2 + GUARD // 2
-                decls.append(f"static int16_t {p}_s[{n16}] __attribute__((aligned(8)));\n")
+                decls.append(f"static int16_t {p}_s[{a.nbytes // 2} + GUARD / 2] "
+                             "__attribute__((aligned(8)));\n")
                 args.append(f"{p}_s")
                 body.append(f"    memset({p}_s, 0x5A, sizeof {p}_s);\n")
                 scratch_used = a.nbytes
@@ -686,10 +760,11 @@ def driver_source(cases: list[Case]) -> str:
         body.append(f"    memset({p}_y, 0x5A, sizeof {p}_y);\n")
         body.append(f"    {case.fn}({', '.join(args)});\n")
         body.append(f"    dump(\"{p}\", {p}_y, {out_n});\n")
-        body.append(f"    if (!untouched((const uint8_t *){p}_y + {out_n}, {GUARD})) put(\"{p} GUARD\\n\");\n")
+        body.append(f"    if (!untouched((const uint8_t *){p}_y + {out_n}, GUARD)) put(\"{p} GUARD\\n\");\n")
         if any(isinstance(a, Scratch) for a in case.args):
-            body.append(f"    if (!untouched((const uint8_t *){p}_s + {scratch_used}, {GUARD})) "
+            body.append(f"    if (!untouched((const uint8_t *){p}_s + {scratch_used}, GUARD)) "
                         f"put(\"{p} GUARD\\n\");\n")
+    body.append("    if (requant_selftest()) put(\"selftest FAIL\\n\");\n")
     return DRIVER_HEAD + "".join(decls) + "\nint main(void) {\n" + "".join(body) + \
         "    put(\"done\\n\");\n    return 0;\n}\n"
 
@@ -697,8 +772,10 @@ def driver_source(cases: list[Case]) -> str:
 DRIVER_HEAD = r"""#include <stdint.h>
 #include <string.h>
 #include "ev_kernels.h"
+#include "ev_common.h" /* private: the fast requantization is checked against the header's */
 
 #if defined(__arm__)
+#define GUARD 16 /* bytes after outputs and scratch that must stay 0x5A */
 static void put(const char *s) { /* semihosting SYS_WRITE0 */
     register uint32_t r0 __asm__("r0") = 0x04;
     register const char *r1 __asm__("r1") = s;
@@ -706,6 +783,7 @@ static void put(const char *s) { /* semihosting SYS_WRITE0 */
 }
 #else
 #include <stdio.h>
+#define GUARD 0 /* AddressSanitizer's redzones start right after each buffer: over-reads fail too */
 static void put(const char *s) { fputs(s, stdout); }
 #endif
 
@@ -713,6 +791,38 @@ static int untouched(const uint8_t *p, int n) {
     for (int i = 0; i < n; i++)
         if (p[i] != 0x5A) return 0;
     return 1;
+}
+
+static uint32_t rnd(uint32_t *st) { /* xorshift32 (an LCG's low bits would cycle with period 4) */
+    uint32_t x = *st;
+    x ^= x << 13;
+    x ^= x >> 17;
+    x ^= x << 5;
+    return *st = x;
+}
+
+static int32_t pick(uint32_t *st) { /* int32 limits, full range or small, a quarter / quarter / half */
+    static const int32_t special[8] = {INT32_MIN, INT32_MIN + 1, -1, 0, 1, INT32_MAX, 1 << 30, -(1 << 30)};
+    const uint32_t r = rnd(st);
+    if ((r & 3) == 0) return special[(r >> 2) & 7];
+    if ((r & 3) == 1) return (int32_t)rnd(st);
+    return (int32_t)rnd(st) / (int32_t)(1 + ((r >> 2) & 0xFFFF));
+}
+
+static int requant_selftest(void) { /* ev_common.h's requantization == the header's, 300 000 random cases */
+    uint32_t st = 2024;
+    int bad = 0;
+    for (int32_t i = 0; i < 300000; i++) {
+        const int32_t sum = pick(&st), bias = pick(&st), mult = pick(&st);
+        const uint32_t r = rnd(&st);
+        const int32_t shift = (r & 3) == 0 ? -(int32_t)((r >> 2) & 1) : (int32_t)((r >> 2) % 62u) - 31;
+        const int32_t zp = (int32_t)((r >> 8) & 255u) - 128;
+        const int fast = ev_fast_ok(mult, shift);
+        bad += ev_requant(fast, sum, bias, mult, shift, zp) != ev_requantize((int64_t)sum + bias, mult, shift, zp);
+        if (fast) bad += ev_mbqm32_fast(sum, mult, shift) != ev_mbqm(sum, mult, shift);
+        bad += ev_clamp8_sum3(sum, bias, zp) != ev_clamp8((int64_t)sum + bias + zp);
+    }
+    return bad;
 }
 
 static void dump(const char *tag, const int8_t *y, int n) { /* "tag hex…\n" in chunks of 256 bytes */
@@ -739,6 +849,7 @@ def check_driver_output(stdout: str, cases: list[Case]) -> None:
     got: dict[str, str] = {}
     lines = stdout.strip().splitlines()
     assert lines and lines[-1] == "done", stdout[-2000:]
+    assert "selftest FAIL" not in lines, "fast requantization differs from ev_requantize"
     for line in lines[:-1]:
         tag, _, rest = line.partition(" ")
         assert rest != "GUARD", f"{tag}: wrote past its output or scratch"
@@ -746,11 +857,12 @@ def check_driver_output(stdout: str, cases: list[Case]) -> None:
     for i, case in enumerate(cases):
         out = np.frombuffer(bytes.fromhex(got[f"c{i}"]), np.int8)
         exp = case.expected.reshape(-1)
-        assert np.array_equal(out, exp), (case.name or case.fn, np.flatnonzero(out != exp)[:10])
+        assert np.array_equal(out, exp), (f"c{i}", case.fn, np.flatnonzero(out != exp)[:10])
 
 
 def simd_cases() -> list[Case]:
-    """conv2d (4-channel + tail passes, odd receptive fields), depthwise, linear, matmul (odd k: unaligned scratch rows)."""
+    """conv2d (4-channel + tail passes, odd receptive fields), depthwise, linear, matmul (odd k: unaligned
+    scratch rows)."""
     rng = rng_for("simd")
     cases = [
         conv_case(rng, 1, 3, 7, 9, 5, (3, 3), pads=(1, 1, 1, 1), x_zp=-128, out_zp=5),
@@ -769,6 +881,8 @@ def simd_cases() -> list[Case]:
         matmul_case(rng, 2, 6, 13, 8, b_bcast=True, a_zp=127, b_zp=-128),
         matmul_case(rng, 1, 17, 64, 17, a_zp=0, b_zp=12),
         matmul_case(rng, 2, 3, 1, 5),
+        conv_case(rng, 1, 6, 5, 5, 23, (3, 3), pads=(1, 1, 1, 1), x_zp=-128, wild=True),
+        conv_case(rng, 1, 24, 4, 4, 24, (3, 3), pads=(1, 1, 1, 1), group=24, x_zp=127, wild=True),
     ]
     return cases
 
@@ -798,7 +912,7 @@ def test_host_driver_under_sanitizers(tmp_path):
     signed overflow, bad shifts abort it)."""
     if not shutil.which("gcc"):
         pytest.skip("gcc missing")
-    cases = simd_cases() + all_op_cases()
+    cases = simd_cases() + all_op_cases() + requant_extreme_cases(rng_for("extremes-host"))
     (tmp_path / "driver.c").write_text(driver_source(cases))
     exe = tmp_path / "driver"
     flags = ["-O1", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all", *WARN, "-I", str(KDIR)]
@@ -882,14 +996,16 @@ SECTIONS {
 
 @needs_arm_gcc
 @pytest.mark.skipif(shutil.which("qemu-system-arm") is None, reason="qemu-system-arm missing")
-def test_simd_path_in_qemu_cortex_m7(tmp_path):
-    """The __ARM_FEATURE_DSP code (SXTB16/SMLAD dot products, SSUB16 row expansion) bit-exact on a Cortex-M7."""
-    cases = simd_cases()
+@pytest.mark.parametrize("opt", ["-O2", "-Os"])
+def test_simd_path_in_qemu_cortex_m7(tmp_path, opt):
+    """The __ARM_FEATURE_DSP code (SXTB16/SMLAD dot products, SSUB16 row expansion, QADD/SSAT requantization)
+    bit-exact on a Cortex-M7 — and every other kernel once, built for the target."""
+    cases = simd_cases() + all_op_cases() + requant_extreme_cases(rng_for("extremes-m7"))
     (tmp_path / "driver.c").write_text(driver_source(cases))
     (tmp_path / "startup.c").write_text(STARTUP)
     (tmp_path / "m.ld").write_text(LINKER)
     elf = tmp_path / "m.elf"
-    proc = subprocess.run([ARM_GCC, *WARN, "-O2", *ARM_CPUS["cortex-m7"], *ARM_FLAGS, "-I", str(KDIR),
+    proc = subprocess.run([ARM_GCC, *WARN, opt, *ARM_CPUS["cortex-m7"], *ARM_FLAGS, "-I", str(KDIR),
                            "-nostartfiles", "-specs=nano.specs", "-T", str(tmp_path / "m.ld"), "-Wl,--gc-sections",
                            str(tmp_path / "startup.c"), str(tmp_path / "driver.c"), *map(str, SOURCES),
                            "-o", str(elf)], capture_output=True, text=True)

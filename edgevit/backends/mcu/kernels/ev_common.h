@@ -46,28 +46,56 @@ static inline int32_t ev_hi(uint32_t v) {
 #define EV_STEP_BARRIER() __asm__ volatile("" ::: "memory")
 #endif
 
-/* Fast requantization, the bits of the header's ev_mbqm / ev_requantize in ~20 instead of ~50 instructions
- * on a Cortex-M7: the spec's SRDHM with its ±nudge and truncating division equals floor((x·M + 2^30) / 2^31)
- * for every product (ceil(t/d) = floor((t+d−1)/d)), and for shifts e ∈ [−31, 0] everything after the
- * 32×32→64 multiply fits int32. e > 0 (a real factor above 1: rare) takes the header's int64 path. */
-static inline int ev_fast_shift(int32_t shift) { return shift <= 0 && shift >= -31; }
+/* Fast requantization: the bits of the header's ev_mbqm / ev_requantize in ~25 instead of ~50 instructions
+ * on a Cortex-M7. The spec's SRDHM with its ±nudge and truncating division equals floor((x·M + 2^30) / 2^31)
+ * for every product (ceil(t/d) = floor((t+d−1)/d)); with M ≠ INT32_MIN that fits int32 (the one saturating
+ * case is INT32_MIN²), and with e ∈ [−31, 0] so does the rest. Kernels check ev_fast_ok once per call or
+ * channel and keep the header's int64 path for other multipliers (e > 0: a real factor above 1, rare). */
+static inline int ev_fast_ok(int32_t mult, int32_t shift) { return mult != INT32_MIN && shift <= 0 && shift >= -31; }
 
-/* MBQM(x, M, e) of an int32 x, e ∈ [−31, 0] */
-static inline int32_t ev_mbqm32(int32_t x, int32_t mult, int32_t shift) {
-    const int32_t h = (x == INT32_MIN && mult == INT32_MIN) ? INT32_MAX
-                                                             : (int32_t)(((int64_t)x * mult + (1 << 30)) >> 31);
+static inline int ev_fast_ok_all(const int32_t *mult, const int32_t *shift, int32_t n) {
+    int ok = 1;
+    for (int32_t i = 0; i < n; i++) ok &= ev_fast_ok(mult[i], shift[i]);
+    return ok;
+}
+
+/* MBQM(x, M, e) of an int32 x, when ev_fast_ok(M, e) */
+static inline int32_t ev_mbqm32_fast(int32_t x, int32_t mult, int32_t shift) {
+    const int32_t h = (int32_t)(((int64_t)x * mult + (1 << 30)) >> 31);
     const int32_t mask = (int32_t)((1u << -shift) - 1u);
     return (h >> -shift) + ((h & mask) > (mask >> 1) + (h < 0)); /* RDBPOT, arithmetic >> as the spec */
 }
 
-/* requantize(sum + bias, M, e, z) for int32 sum and bias (their int64 sum is saturated, as the spec's sat32) */
-static inline int8_t ev_requant_sum(int32_t sum, int32_t bias, int32_t mult, int32_t shift, int32_t zp) {
-    if (!ev_fast_shift(shift)) return ev_requantize((int64_t)sum + bias, mult, shift, zp);
+static inline int32_t ev_sat_add(int32_t a, int32_t b) { /* sat32(a + b) */
 #if EV_SIMD
-    return (int8_t)__ssat(__qadd(ev_mbqm32(__qadd(sum, bias), mult, shift), zp), 8); /* QADD = sat32(a + b) */
+    return __qadd(a, b);
 #else
-    return ev_clamp8((int64_t)ev_mbqm32(ev_sat32((int64_t)sum + bias), mult, shift) + zp);
+    return ev_sat32((int64_t)a + b);
 #endif
+}
+
+/* clamp8(a + b + c) of int32 values, exactly (a saturated sum keeps the sign once past ±2^31) */
+static inline int8_t ev_clamp8_sum3(int32_t a, int32_t b, int32_t c) {
+#if EV_SIMD
+    return (int8_t)__ssat(__qadd(__qadd(a, b), c), 8);
+#else
+    return ev_clamp8((int64_t)a + b + c);
+#endif
+}
+
+/* requantize(sum + bias, M, e, z) of int32 sum and bias (their sum saturated as the spec's sat32), when
+ * ev_fast_ok(M, e) */
+static inline int8_t ev_requant_fast(int32_t sum, int32_t bias, int32_t mult, int32_t shift, int32_t zp) {
+#if EV_SIMD
+    return (int8_t)__ssat(__qadd(ev_mbqm32_fast(__qadd(sum, bias), mult, shift), zp), 8);
+#else
+    return ev_clamp8((int64_t)ev_mbqm32_fast(ev_sat32((int64_t)sum + bias), mult, shift) + zp);
+#endif
+}
+
+/* the same for any (M, e); `fast` = ev_fast_ok(M, e), computed once by the caller */
+static inline int8_t ev_requant(int fast, int32_t sum, int32_t bias, int32_t mult, int32_t shift, int32_t zp) {
+    return fast ? ev_requant_fast(sum, bias, mult, shift, zp) : ev_requantize((int64_t)sum + bias, mult, shift, zp);
 }
 
 /* Swap the middle two of every block of 4 in s[0 .. k & ~3): natural → permuted layout (self-inverse). */
@@ -100,8 +128,8 @@ static inline void ev_expand_row(const int8_t *x, int32_t k, int32_t zp, int16_t
     for (; i < k; i++) s[i] = (int16_t)(x[i] - zp);
 }
 
-
-/* acc[j] += Σ_i w[j·ws + i] · s[i] for 4 int8 rows w (conv2d / linear: output channels share s). */
+/* acc[j] += Σ_i w[j·ws + i] · s[i] for 4 int8 rows w (conv2d / linear: 4 output channels share the loads
+ * of s; 24 instructions per 16 MACs on M7). */
 static inline void ev_dot_4w(const int8_t *w, int32_t ws, const int16_t *s, int32_t k, int32_t acc[4]) {
     const int8_t *w0 = w, *w1 = w + ws, *w2 = w + 2 * ws, *w3 = w + 3 * ws;
     int32_t i = 0, k4 = k & ~3;
@@ -137,7 +165,7 @@ static inline void ev_dot_4w(const int8_t *w, int32_t ws, const int16_t *s, int3
 }
 
 /* acc[2r + j] += Σ_i a[r·as + i] · s[j·ss + i] for 2 int8 rows a × 2 int16 rows s (matmul: each a row
- * and each s row is loaded once for two products; 22 instructions per 16 MACs on M7). The s rows may
+ * and each s row is loaded once for two products: ~23 instructions per 16 MACs on M7). The s rows may
  * be unaligned (odd k): ARMv7-M LDR handles it. */
 static inline void ev_dot_2x2(const int8_t *a, int32_t as, const int16_t *s, int32_t ss, int32_t k, int32_t acc[4]) {
     const int8_t *a0 = a, *a1 = a + as;

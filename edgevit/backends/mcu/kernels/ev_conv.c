@@ -2,84 +2,112 @@
 #include "ev_kernels.h"
 #include "ev_common.h"
 
-static inline int8_t conv_out(int32_t acc, const ev_conv2d_t *p, int32_t o) {
-    return ev_requant_sum(acc, p->bias ? p->bias[o] : 0, p->mult[o], p->shift[o], p->out_zp);
+/* [lo, hi) of the taps t < k with 0 ≤ i0 + t·d < size (empty when lo == hi) */
+static inline void tap_range(int32_t i0, int32_t k, int32_t d, int32_t size, int32_t *lo, int32_t *hi) {
+    int32_t l = i0 < 0 ? (-i0 + d - 1) / d : 0, h = size > i0 ? (size - i0 + d - 1) / d : 0;
+    if (h > k) h = k;
+    *lo = l < h ? l : h;
+    *hi = h;
 }
 
-/* One output pixel's receptive field over cg channels, x − x_zp (padding → 0), permuted for ev_dot. */
+/* One output pixel's receptive field over cg channels, x − x_zp (padding → 0), permuted for the dot products. */
 static void im2col(const ev_conv2d_t *p, const int8_t *x, int32_t cg, int32_t oy, int32_t ox, int16_t *s) {
     const int32_t h = p->h, w = p->w, kh = p->kh, kw = p->kw, dh = p->dil_h, dw = p->dil_w, zp = p->x_zp;
     const int32_t iy0 = oy * p->stride_h - p->pad_t, ix0 = ox * p->stride_w - p->pad_l;
-    const int inside_x = ix0 >= 0 && ix0 + (kw - 1) * dw < w;
+    int32_t ylo, yhi, xlo, xhi;
+    tap_range(iy0, kh, dh, h, &ylo, &yhi);
+    tap_range(ix0, kw, dw, w, &xlo, &xhi);
     int16_t *d = s;
     for (int32_t ci = 0; ci < cg; ci++, x += h * w) {
-        for (int32_t ky = 0, iy = iy0; ky < kh; ky++, iy += dh) {
-            if (iy < 0 || iy >= h) {
+        for (int32_t ky = 0; ky < kh; ky++) {
+            if (ky < ylo || ky >= yhi) {
                 for (int32_t kx = 0; kx < kw; kx++) *d++ = 0;
                 continue;
             }
-            const int8_t *row = x + iy * w;
-            if (inside_x) {
-                if (dw == 1) {
-                    for (int32_t kx = 0; kx < kw; kx++) *d++ = (int16_t)(row[ix0 + kx] - zp);
-                } else {
-                    for (int32_t kx = 0, ix = ix0; kx < kw; kx++, ix += dw) *d++ = (int16_t)(row[ix] - zp);
-                }
-            } else {
-                for (int32_t kx = 0, ix = ix0; kx < kw; kx++, ix += dw)
-                    *d++ = (int16_t)(ix >= 0 && ix < w ? row[ix] - zp : 0);
-            }
+            const int8_t *row = x + (iy0 + ky * dh) * w + ix0;
+            int32_t kx = 0;
+            for (; kx < xlo; kx++) *d++ = 0;
+            if (dw == 1)
+                for (; kx < xhi; kx++) *d++ = (int16_t)(row[kx] - zp);
+            else
+                for (; kx < xhi; kx++) *d++ = (int16_t)(row[kx * dw] - zp);
+            for (; kx < kw; kx++) *d++ = 0;
         }
     }
     ev_permute4(s, cg * kh * kw);
 }
 
-/* group == c == cout: one kh·kw filter per channel, too short for SIMD to pay off. Interior pixels use
- * Σ(x − z)·w = Σ x·w − z·Σ w (no bounds checks); border pixels sum the valid taps only. */
+/* Σ (x − z)·w over the taps of one output pixel that fall inside the image (padding contributes 0) */
+static inline int32_t dw_border(const ev_conv2d_t *p, const int8_t *xc, const int8_t *wc, int32_t iy0, int32_t ix0) {
+    int32_t ylo, yhi, xlo, xhi, acc = 0;
+    tap_range(iy0, p->kh, p->dil_h, p->h, &ylo, &yhi);
+    tap_range(ix0, p->kw, p->dil_w, p->w, &xlo, &xhi);
+    for (int32_t ky = ylo; ky < yhi; ky++) {
+        const int8_t *row = xc + (iy0 + ky * p->dil_h) * p->w + ix0, *wr = wc + ky * p->kw;
+        for (int32_t kx = xlo; kx < xhi; kx++) acc += (row[kx * p->dil_w] - p->x_zp) * wr[kx];
+    }
+    return acc;
+}
+
+/* group == c == cout: one kh·kw filter per channel, too short for SIMD to pay off. Pixels whose window is
+ * inside the image (a rectangle of them, found once) use Σ(x − z)·w = Σ x·w − z·Σ w without bounds checks,
+ * 3×3 unrolled; the border pixels sum their valid taps only. */
 static void conv_depthwise(const ev_conv2d_t *p, const int8_t *x, int8_t *y) {
     const int32_t h = p->h, w = p->w, kh = p->kh, kw = p->kw, dh = p->dil_h, dw = p->dil_w, zp = p->x_zp;
-    const int32_t sh = p->stride_h, sw = p->stride_w, oh = p->oh, ow = p->ow, kk = kh * kw;
+    const int32_t sh = p->stride_h, sw = p->stride_w, oh = p->oh, ow = p->ow, kk = kh * kw, out_zp = p->out_zp;
+    const int dense3x3 = kh == 3 && kw == 3 && dh == 1 && dw == 1;
+    int32_t oy0 = 0, oy1 = 0, ox0 = 0, ox1 = 0; /* interior outputs [oy0, oy1) × [ox0, ox1), contiguous */
+    for (int32_t o = 0; o < oh; o++) {
+        const int32_t i0 = o * sh - p->pad_t;
+        if (i0 >= 0 && i0 + (kh - 1) * dh < h) {
+            if (oy1 == oy0) oy0 = o;
+            oy1 = o + 1;
+        }
+    }
+    for (int32_t o = 0; o < ow; o++) {
+        const int32_t i0 = o * sw - p->pad_l;
+        if (i0 >= 0 && i0 + (kw - 1) * dw < w) {
+            if (ox1 == ox0) ox0 = o;
+            ox1 = o + 1;
+        }
+    }
     for (int32_t b = 0; b < p->n; b++) {
         for (int32_t ch = 0; ch < p->c; ch++) {
             const int8_t *xc = x + ((int64_t)b * p->c + ch) * h * w, *wc = p->weight + ch * kk;
             int8_t *yc = y + ((int64_t)b * p->c + ch) * oh * ow;
             int32_t wsum = 0;
             for (int32_t i = 0; i < kk; i++) wsum += wc[i];
+            /* locals: for the compiler y's stores may alias the weights and *p */
             const int32_t zsum = zp * wsum, bias = p->bias ? p->bias[ch] : 0; /* |z·Σw| ≤ 128·127·kh·kw */
-            const int32_t mult = p->mult[ch], shift = p->shift[ch], out_zp = p->out_zp;
-            const int dense3x3 = kh == 3 && kw == 3 && dh == 1 && dw == 1;
-            int32_t t[9] = {0}; /* 3×3 taps held in registers: the y stores may alias the weights for the compiler */
+            const int32_t mult = p->mult[ch], shift = p->shift[ch];
+            const int fast = ev_fast_ok(mult, shift);
+            int32_t t[9] = {0};
             if (dense3x3)
                 for (int32_t i = 0; i < 9; i++) t[i] = wc[i];
             for (int32_t oy = 0; oy < oh; oy++) {
                 const int32_t iy0 = oy * sh - p->pad_t;
-                const int inside_y = iy0 >= 0 && iy0 + (kh - 1) * dh < h;
-                for (int32_t ox = 0; ox < ow; ox++) {
-                    const int32_t ix0 = ox * sw - p->pad_l;
-                    int32_t acc; /* Σ (x − z)·w, fits int32 (the quantizer's guarantee) */
-                    if (inside_y && ix0 >= 0 && ix0 + (kw - 1) * dw < w) {
-                        const int8_t *xr = xc + iy0 * w + ix0, *wr = wc;
-                        int32_t s = 0;
-                        if (dense3x3) { /* the common case */
-                            const int8_t *r1 = xr + w, *r2 = r1 + w;
-                            s = xr[0] * t[0] + xr[1] * t[1] + xr[2] * t[2] + r1[0] * t[3] + r1[1] * t[4] +
-                                r1[2] * t[5] + r2[0] * t[6] + r2[1] * t[7] + r2[2] * t[8];
-                        } else {
-                            for (int32_t ky = 0; ky < kh; ky++, xr += dh * w, wr += kw)
-                                for (int32_t kx = 0; kx < kw; kx++) s += xr[kx * dw] * wr[kx];
-                        }
-                        acc = s - zsum;
+                const int row_inside = oy >= oy0 && oy < oy1;
+                const int32_t a = row_inside ? ox0 : ow, e = row_inside ? ox1 : ow; /* fast columns [a, e) */
+                int8_t *yr = yc + oy * ow;
+                /* acc: Σ (x − z)·w, fits int32 (the quantizer's guarantee) */
+                for (int32_t ox = 0; ox < a; ox++)
+                    yr[ox] = ev_requant(fast, dw_border(p, xc, wc, iy0, ox * sw - p->pad_l), bias, mult, shift, out_zp);
+                for (int32_t ox = a; ox < e; ox++) {
+                    const int8_t *r0 = xc + iy0 * w + ox * sw - p->pad_l;
+                    int32_t acc = 0;
+                    if (dense3x3) {
+                        const int8_t *r1 = r0 + w, *r2 = r1 + w;
+                        acc = r0[0] * t[0] + r0[1] * t[1] + r0[2] * t[2] + r1[0] * t[3] + r1[1] * t[4] + r1[2] * t[5] +
+                              r2[0] * t[6] + r2[1] * t[7] + r2[2] * t[8];
                     } else {
-                        int32_t s = 0;
-                        for (int32_t ky = 0, iy = iy0; ky < kh; ky++, iy += dh) {
-                            if (iy < 0 || iy >= h) continue;
-                            for (int32_t kx = 0, ix = ix0; kx < kw; kx++, ix += dw)
-                                if (ix >= 0 && ix < w) s += (xc[iy * w + ix] - zp) * wc[ky * kw + kx];
-                        }
-                        acc = s;
+                        const int8_t *wr = wc;
+                        for (int32_t ky = 0; ky < kh; ky++, r0 += dh * w, wr += kw)
+                            for (int32_t kx = 0; kx < kw; kx++) acc += r0[kx * dw] * wr[kx];
                     }
-                    yc[oy * ow + ox] = ev_requant_sum(acc, bias, mult, shift, out_zp);
+                    yr[ox] = ev_requant(fast, acc - zsum, bias, mult, shift, out_zp);
                 }
+                for (int32_t ox = e; ox < ow; ox++)
+                    yr[ox] = ev_requant(fast, dw_border(p, xc, wc, iy0, ox * sw - p->pad_l), bias, mult, shift, out_zp);
             }
         }
     }
@@ -91,7 +119,10 @@ void ev_conv2d(const ev_conv2d_t *p, const int8_t *x, int8_t *y, int16_t *scratc
         return;
     }
     const int32_t cg = p->c / p->group, og = p->cout / p->group, k = cg * p->kh * p->kw;
-    const int32_t hw = p->h * p->w, ohw = p->oh * p->ow;
+    const int32_t hw = p->h * p->w, ohw = p->oh * p->ow, out_zp = p->out_zp;
+    const int8_t *weight = p->weight;
+    const int32_t *bias = p->bias, *mult = p->mult, *shift = p->shift; /* locals: y may alias *p */
+    const int fast = ev_fast_ok_all(mult, shift, p->cout);
     for (int32_t b = 0; b < p->n; b++) {
         const int8_t *xb = x + (int64_t)b * p->c * hw;
         int8_t *yb = y + (int64_t)b * p->cout * ohw;
@@ -105,11 +136,14 @@ void ev_conv2d(const ev_conv2d_t *p, const int8_t *x, int8_t *y, int16_t *scratc
                     /* 4 output channels per pass share the scratch loads */
                     for (; o + 4 <= end; o += 4) {
                         int32_t acc[4] = {0, 0, 0, 0};
-                        ev_dot_4w(p->weight + (int64_t)o * k, k, scratch, k, acc);
-                        for (int32_t j = 0; j < 4; j++) yp[(o + j) * ohw] = conv_out(acc[j], p, o + j);
+                        ev_dot_4w(weight + (int64_t)o * k, k, scratch, k, acc);
+                        for (int32_t j = 0; j < 4; j++)
+                            yp[(o + j) * ohw] =
+                                ev_requant(fast, acc[j], bias ? bias[o + j] : 0, mult[o + j], shift[o + j], out_zp);
                     }
                     for (; o < end; o++)
-                        yp[o * ohw] = conv_out(ev_dot_1(p->weight + (int64_t)o * k, scratch, k), p, o);
+                        yp[o * ohw] = ev_requant(fast, ev_dot_1(weight + (int64_t)o * k, scratch, k),
+                                                 bias ? bias[o] : 0, mult[o], shift[o], out_zp);
                 }
             }
         }

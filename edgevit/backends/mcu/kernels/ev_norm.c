@@ -1,6 +1,7 @@
 /* ev_softmax, ev_layernorm ↔ integer_ops.softmax / layernorm (both in-place safe: two passes per row,
  * the second reads x[i] before writing y[i]). */
 #include "ev_kernels.h"
+#include "ev_common.h"
 
 void ev_softmax(int32_t rows, int32_t len, const uint16_t exp_table[256], const int8_t *x, int8_t *y) {
     for (int32_t r = 0; r < rows; r++, x += len, y += len) {
@@ -41,9 +42,16 @@ static int64_t isqrt64(uint64_t v) {
 #define LN_OUT_BITS 12
 #define LN_RECIP_BITS 16
 
+/* RDBPOT(v, 16) when the result fits int32: the low word and the sign are enough for the rounding */
+static inline int32_t rdbpot16(int64_t v) {
+    return (int32_t)(v >> 16) + (((uint32_t)v & 0xFFFFu) > 0x7FFFu + (uint32_t)(v < 0));
+}
+
 void ev_layernorm(const ev_layernorm_t *p, const int8_t *x, int8_t *y) {
-    const int32_t n = p->len;
-    const int64_t n2 = (int64_t)n * n;
+    const int32_t n = p->len, out_zp = p->out_zp;
+    const int32_t *mult = p->mult, *shift = p->shift, *beta = p->beta; /* locals: y's stores may alias *p */
+    const int64_t n2 = (int64_t)n * n, eps_q = p->eps_q;
+    const int fast = ev_fast_ok_all(mult, shift, n);
     for (int32_t r = 0; r < p->rows; r++, x += n, y += n) {
         int32_t sum = 0, sq = 0; /* exact in int32 for n < 131 072 */
         for (int32_t i = 0; i < n; i++) {
@@ -51,14 +59,25 @@ void ev_layernorm(const ev_layernorm_t *p, const int8_t *x, int8_t *y) {
             sq += x[i] * x[i];
         }
         const int64_t spread = (int64_t)n * sq - (int64_t)sum * sum; /* n²·variance ≥ 0 */
-        const int64_t var = div_round(spread * ((int64_t)1 << LN_VAR_BITS), n2) + p->eps_q;
+        const int64_t var = div_round(spread * ((int64_t)1 << LN_VAR_BITS), n2) + eps_q;
         int64_t sigma = var > 0 ? isqrt64((uint64_t)var) : 0;
         if (sigma < 1) sigma = 1;
         const int64_t recip = div_round((int64_t)1 << (LN_VAR_BITS / 2 + LN_OUT_BITS + LN_RECIP_BITS), n * sigma);
-        for (int32_t i = 0; i < n; i++) {
-            const int32_t d = n * x[i] - sum;
-            const int64_t u = ev_rdbpot64((int64_t)d * recip, LN_RECIP_BITS);
-            y[i] = ev_clamp8((int64_t)p->out_zp + p->beta[i] + ev_mbqm(u, p->mult[i], p->shift[i]));
+        if (recip <= INT32_MAX) {
+            /* the usual case (n·σ > 32): |d| ≤ 255·n and R ≤ 2^36/(n·σ) + ½, so u = RDBPOT(d·R, 16), 2^12
+             * times the normalised value, is below 2^29 — a 32×32→64 product and the int32 MBQM of
+             * ev_common.h (the same bits as ev_mbqm) */
+            const int32_t r32 = (int32_t)recip;
+            for (int32_t i = 0; i < n; i++) {
+                const int32_t u = rdbpot16((int64_t)(n * x[i] - sum) * r32);
+                const int32_t q = fast ? ev_mbqm32_fast(u, mult[i], shift[i]) : ev_mbqm(u, mult[i], shift[i]);
+                y[i] = ev_clamp8_sum3(q, beta[i], out_zp);
+            }
+        } else {
+            for (int32_t i = 0; i < n; i++) {
+                const int64_t u = ev_rdbpot64((int64_t)(n * x[i] - sum) * recip, LN_RECIP_BITS);
+                y[i] = ev_clamp8((int64_t)out_zp + beta[i] + ev_mbqm(u, mult[i], shift[i]));
+            }
         }
     }
 }

@@ -9,7 +9,8 @@ static inline void tap_range(int32_t i0, int32_t k, int32_t size, int32_t *lo, i
 }
 
 void ev_avgpool(const ev_pool_t *p, const int8_t *x, int8_t *y) {
-    const int32_t h = p->h, w = p->w;
+    const int32_t h = p->h, w = p->w, x_zp = p->x_zp, mult = p->mult, shift = p->shift, out_zp = p->out_zp;
+    const int fast = ev_fast_ok(mult, shift);
     for (int32_t pl = 0; pl < p->n * p->c; pl++, x += h * w) {
         for (int32_t oy = 0; oy < p->oh; oy++) {
             const int32_t iy0 = oy * p->stride_h - p->pad_t;
@@ -25,7 +26,7 @@ void ev_avgpool(const ev_pool_t *p, const int8_t *x, int8_t *y) {
                 }
                 /* padding is x_zp, i.e. contributes 0 to Σ (x − x_zp) */
                 cnt = (yhi > ylo && xhi > xlo) ? (yhi - ylo) * (xhi - xlo) : 0;
-                *y = ev_requant_sum(s, -cnt * p->x_zp, p->mult, p->shift, p->out_zp);
+                *y = ev_requant(fast, s, -cnt * x_zp, mult, shift, out_zp);
             }
         }
     }
@@ -53,12 +54,13 @@ void ev_maxpool(const ev_pool_t *p, const int8_t *x, int8_t *y) {
 }
 
 void ev_reduce_mean(const ev_reduce_mean_t *p, const int8_t *x, int8_t *y) {
-    const int32_t R = p->reduce, I = p->inner;
+    const int32_t R = p->reduce, I = p->inner, x_zp = p->x_zp, mult = p->mult, shift = p->shift, out_zp = p->out_zp;
+    const int fast = ev_fast_ok(mult, shift);
     for (int32_t o = 0; o < p->outer; o++, x += R * I) {
         for (int32_t i = 0; i < I; i++) {
             int32_t s = 0;
             for (int32_t r = 0; r < R; r++) s += x[r * I + i];
-            *y++ = ev_requant_sum(s, -R * p->x_zp, p->mult, p->shift, p->out_zp);
+            *y++ = ev_requant(fast, s, -R * x_zp, mult, shift, out_zp);
         }
     }
 }
