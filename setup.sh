@@ -8,9 +8,10 @@ cd "$(dirname "$0")"
 
 # System packages: the aarch64 cross compiler and qemu-user to build and verify TVM's ARM libraries,
 # debootstrap for the emulated arm64 userland (scripts/arm64_userland.sh, cached under ~/.cache/edgevit);
-# arm-none-eabi-gcc + newlib and qemu-system-arm to build and run the STM32 C runtime on an emulated Cortex-M7.
+# arm-none-eabi-gcc + newlib and qemu-system-arm to build and run the STM32 C runtime on an emulated Cortex-M7,
+# valgrind to check the generated C on the host.
 APT_PACKAGES=(gcc-aarch64-linux-gnu g++-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user debootstrap
-              make gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm)
+              make gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm valgrind)
 if [ ${#APT_PACKAGES[@]} -gt 0 ]; then
   missing=()
   for p in "${APT_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

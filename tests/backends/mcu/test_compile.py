@@ -8,6 +8,7 @@ Skipped only when gcc, arm-none-eabi-gcc or qemu-system-arm are missing (setup.s
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -180,3 +181,17 @@ def test_same_model_compiles_to_the_same_bytes(projects, tmp_path):
             if f.name.startswith("test_input"):  # rewritten by the QEMU tests above
                 continue
             assert f.read_bytes() == (again / f.name).read_bytes(), f.name
+
+
+@pytest.mark.skipif(not (tc.have_host_toolchain() and shutil.which("valgrind")), reason="gcc or valgrind missing")
+@pytest.mark.parametrize("name", MODELS)
+def test_gcc_analyzer_and_valgrind_are_clean(projects, name, tmp_path):
+    """The generated C under -Wall -Wextra -Werror -fanalyzer, then valgrind on the host binary."""
+    folder = projects[name]
+    q = QuantizedModel.load(folder, name)
+    binary = tc.build_host(folder, extra_cflags="-fanalyzer")  # -Werror: any analyzer finding fails the build
+    inputs = seeded_inputs(q, 2, seed=4)
+    r = subprocess.run(["valgrind", "-q", "--error-exitcode=99", str(binary)], input=inputs.tobytes(),
+                       capture_output=True, timeout=300)
+    assert r.returncode == 0, r.stderr.decode()[-2000:]
+    assert r.stdout == b"".join(references(q, inputs))
