@@ -76,11 +76,11 @@ def torch_to_onnx(module, example, opset: int, exporter: str, path: Path) -> Non
         with _quiet(), torch.no_grad():
             if exporter == "dynamo":
                 program = torch.onnx.export(module, (example,), dynamo=True, opset_version=opset,
-                                            input_names=["input"], verbose=False)
+                                            input_names=["input"], output_names=["output"], verbose=False)
                 program.save(str(path))
             else:
                 torch.onnx.export(module, (example,), str(path), opset_version=opset, dynamo=False,
-                                  input_names=["input"], do_constant_folding=True)
+                                  input_names=["input"], output_names=["output"], do_constant_folding=True)
     except EdgevitError:
         raise
     except Exception as exc:
