@@ -117,7 +117,7 @@ class _Lowering:
                                                   "mult": f"{sym}_mult", "shift": f"{sym}_shift"}),
                     f"ev_conv2d(&{sym}, {ptr(n.inputs[0])}, {ptr(n.outputs[0])}, {ptr('#scratch')});"]
             return body, defs
-        self.add(n, emit, scratch=2 * cg * kh * kw, macs=nb * cout * oh * ow * cg * kh * kw)
+        self.add(n, emit, scratch=12 * cg * kh * kw, macs=nb * cout * oh * ow * cg * kh * kw)
 
     def linear(self, n: QNode) -> None:
         a, p = n.attrs, n.params
@@ -134,7 +134,7 @@ class _Lowering:
                                                   "mult": f"{sym}_mult", "shift": f"{sym}_shift"}),
                     f"ev_linear(&{sym}, {ptr(n.inputs[0])}, {ptr(n.outputs[0])}, {ptr('#scratch')});"]
             return body, defs
-        self.add(n, emit, scratch=2 * k, share="rows", share_inputs=(0,), rows=(rows, k, nout), macs=rows * k * nout)
+        self.add(n, emit, scratch=8 * k, share="rows", share_inputs=(0,), rows=(rows, k, nout), macs=rows * k * nout)
 
     def matmul(self, n: QNode) -> None:
         a, p = n.attrs, n.params
@@ -160,7 +160,7 @@ class _Lowering:
             return [_struct("ev_matmul_t", sym, fields),
                     f"ev_matmul(&{sym}, {ptr(n.inputs[0])}, {ptr(n.inputs[1])}, {ptr(n.outputs[0])}, "
                     f"{ptr('#scratch')});"], []
-        self.add(n, emit, scratch=2 * k * nn, macs=batch * m * k * nn)
+        self.add(n, emit, scratch=2 * k * -(-nn // 4) * 4, macs=batch * m * k * nn)
 
     def binary(self, n: QNode) -> None:
         a, p = n.attrs, n.params

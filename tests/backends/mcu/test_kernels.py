@@ -208,7 +208,7 @@ def conv_case(rng, n, c, h, w, cout, kernel, stride=(1, 1), pads=(0, 0, 0, 0), d
     p = dict(n=n, c=c, h=h, w=w, cout=cout, oh=oh, ow=ow, kh=kh, kw=kw, stride_h=stride[0], stride_w=stride[1],
              pad_t=pads[0], pad_l=pads[1], dil_h=dil[0], dil_w=dil[1], group=group, x_zp=x_zp, out_zp=out_zp,
              weight=wq, bias=b if bias else None, mult=m, shift=s)
-    return Case("ev_conv2d", [S("ev_conv2d_t", p), In(x), Out(ref.size), Scratch(2 * cg * kh * kw)], ref)
+    return Case("ev_conv2d", [S("ev_conv2d_t", p), In(x), Out(ref.size), Scratch(12 * cg * kh * kw)], ref)
 
 
 def linear_case(rng, rows, k, n, x_zp=0, out_zp=0, bias=True, negative=False, wild=False) -> Case:
@@ -224,7 +224,7 @@ def linear_case(rng, rows, k, n, x_zp=0, out_zp=0, bias=True, negative=False, wi
     ref = K.linear(x, x_zp, w, b, m, s, out_zp)
     p = dict(rows=rows, k=k, n=n, x_zp=x_zp, out_zp=out_zp, weight=np.ascontiguousarray(w.T),
              bias=b if bias else None, mult=m, shift=s)
-    return Case("ev_linear", [S("ev_linear_t", p), In(x), Out(ref.size), Scratch(2 * k)], ref)
+    return Case("ev_linear", [S("ev_linear_t", p), In(x), Out(ref.size), Scratch(8 * k)], ref)
 
 
 def matmul_case(rng, batch, m, k, n, a_bcast=False, b_bcast=False, a_zp=0, b_zp=0, out_zp=0, gain=1.0,
@@ -239,7 +239,7 @@ def matmul_case(rng, batch, m, k, n, a_bcast=False, b_bcast=False, a_zp=0, b_zp=
     p = dict(batch=batch, m=m, k=k, n=n, a_batch_stride=0 if a_bcast else m * k,
              b_batch_stride=0 if b_bcast else k * n, a_zp=a_zp, b_zp=b_zp, out_zp=out_zp, mult=int(mm[0]),
              shift=int(sh[0]))
-    return Case("ev_matmul", [S("ev_matmul_t", p), In(a), In(b), Out(ref.size), Scratch(2 * k * n)], ref)
+    return Case("ev_matmul", [S("ev_matmul_t", p), In(a), In(b), Out(ref.size), Scratch(2 * k * (-(-n // 4) * 4))], ref)
 
 
 def bcast_dims(sa, sb, pad6=False) -> tuple[dict, tuple]:
@@ -453,6 +453,8 @@ CONV = {  # n, c, h, w, cout, kernel, kwargs
     "dw_pad_beyond_kernel": (1, 2, 2, 3, 2, (2, 2), dict(pads=(3, 3, 2, 2), group=2, x_zp=-100)),
     "wild_requant": (1, 6, 5, 5, 23, (3, 3), dict(pads=(1, 1, 1, 1), x_zp=-128, wild=True)),
     "dw_wild_requant": (1, 24, 4, 4, 24, (3, 3), dict(pads=(1, 1, 1, 1), group=24, x_zp=127, wild=True)),
+    "pointwise_groups2_tail1": (1, 8, 3, 3, 6, (1, 1), dict(group=2, x_zp=-3, out_zp=9)),  # 9 pixels: 4 + 4 + 1
+    "pointwise_s2": (1, 8, 7, 6, 10, (1, 1), dict(stride=(2, 2), x_zp=5)),  # 1×1 but strided: im2col path
 }
 
 
@@ -809,7 +811,7 @@ static int32_t pick(uint32_t *st) { /* int32 limits, full range or small, a quar
     return (int32_t)rnd(st) / (int32_t)(1 + ((r >> 2) & 0xFFFF));
 }
 
-static int requant_selftest(void) { /* ev_common.h's requantization == the header's, 300 000 random cases */
+static int requant_selftest(void) { /* ev_common.h's requantizations == the header's, 300 000 random cases */
     uint32_t st = 2024;
     int bad = 0;
     for (int32_t i = 0; i < 300000; i++) {
@@ -820,6 +822,9 @@ static int requant_selftest(void) { /* ev_common.h's requantization == the heade
         const int fast = ev_fast_ok(mult, shift);
         bad += ev_requant(fast, sum, bias, mult, shift, zp) != ev_requantize((int64_t)sum + bias, mult, shift, zp);
         if (fast) bad += ev_mbqm32_fast(sum, mult, shift) != ev_mbqm(sum, mult, shift);
+        if (ev_rq_ok(mult, shift)) /* the SMLAL requantization of conv2d / linear / matmul */
+            bad += ev_rq(ev_sat_add(sum, bias), ev_rq_make(mult, shift, zp)) !=
+                   ev_requantize((int64_t)sum + bias, mult, shift, zp);
         bad += ev_clamp8_sum3(sum, bias, zp) != ev_clamp8((int64_t)sum + bias + zp);
     }
     return bad;
@@ -861,8 +866,8 @@ def check_driver_output(stdout: str, cases: list[Case]) -> None:
 
 
 def simd_cases() -> list[Case]:
-    """conv2d (4-channel + tail passes, odd receptive fields), depthwise, linear, matmul (odd k: unaligned
-    scratch rows)."""
+    """conv2d (4-pixel blocks + short last blocks, odd receptive fields, pointwise), depthwise, linear (4-row
+    blocks + tails), matmul (4-column blocks + tails, odd k)."""
     rng = rng_for("simd")
     cases = [
         conv_case(rng, 1, 3, 7, 9, 5, (3, 3), pads=(1, 1, 1, 1), x_zp=-128, out_zp=5),
@@ -883,6 +888,10 @@ def simd_cases() -> list[Case]:
         matmul_case(rng, 2, 3, 1, 5),
         conv_case(rng, 1, 6, 5, 5, 23, (3, 3), pads=(1, 1, 1, 1), x_zp=-128, wild=True),
         conv_case(rng, 1, 24, 4, 4, 24, (3, 3), pads=(1, 1, 1, 1), group=24, x_zp=127, wild=True),
+        # pointwise: 4 adjacent pixels transposed with SXTB16 + halfword packing, then 3 and 1 pixel tails
+        conv_case(rng, 1, 20, 3, 5, 9, (1, 1), x_zp=-100, out_zp=7),
+        conv_case(rng, 1, 8, 3, 3, 6, (1, 1), group=2, x_zp=-3),
+        linear_case(rng, 7, 44, 5, x_zp=3),  # k ≡ 4 mod 8: the dot's single 4-step after the unrolled pairs
     ]
     return cases
 

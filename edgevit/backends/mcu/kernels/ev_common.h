@@ -1,13 +1,13 @@
-/* Private to the kernels (not part of the API): the int8 · int16 dot products of conv2d, linear and matmul
- * and a fast int32 requantization used by every op with int32 sums, each in an ACLE SIMD version
- * (__ARM_FEATURE_DSP) and a portable C version.
+/* Private to the kernels (not part of the API): the int8 · int16 dot product of conv2d, linear and matmul and
+ * fast int32 requantizations used by every op with int32 sums, each in an ACLE SIMD version (__ARM_FEATURE_DSP)
+ * and a portable C version.
  *
- * The int16 operand (x − zero point, built by the kernel in its scratch) is stored PERMUTED: the first
- * k & ~3 values in blocks of 4 as (v0, v2, v1, v3), the tail in natural order. That is the order in
- * which __sxtb16(w) = (w0, w2) and __sxtb16(w ror 8) = (w1, w3) unpack 4 int8 read as one word, so the
- * SIMD loop needs no shuffle: per 4 values 1 load + 2 SXTB16 + 2 SMLAD on the int8 side and 2 loads on
- * the int16 side. Both builds use the same layout, so the host tests cover the scratch builders too.
- * All sums are exact integers: any accumulation order gives the reference's bits.
+ * The int16 operand (x − zero point, built by the kernel in its scratch) holds FOUR vectors (pixels, rows or
+ * columns) interleaved by ev_pack4, each PERMUTED in blocks of 4 as (v0, v2, v1, v3): the order in which
+ * __sxtb16(w) = (w0, w2) and __sxtb16(w ror 8) = (w1, w3) unpack 4 int8 weights read as one word, so the SIMD
+ * loop needs no shuffle, and each weight word is unpacked once for 4 outputs: per 4 values 1 LDR + 2 SXTB16 +
+ * 4 LDRD + 8 SMLAD (~1 MAC per instruction). Both builds use the same layout, so the host tests cover the
+ * packing too. All sums are exact integers: any accumulation order gives the reference's bits.
  */
 #ifndef EV_COMMON_H
 #define EV_COMMON_H
@@ -40,10 +40,8 @@ static inline int32_t ev_hi(uint32_t v) {
     __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(v));
     return r;
 }
-/* Compiler barrier inside an unrolled step: without it GCC's pre-RA scheduler hoists all the loads of the
- * step, needs more than the 14 usable registers and spills inside the loop (ev_dot_4w: 24 instructions
- * per 16 MACs with the barriers, 28–31 with spills). It emits no instruction. */
-#define EV_STEP_BARRIER() __asm__ volatile("" ::: "memory")
+/* (a, b) = the two words at p (word aligned), p += 4 int16 */
+#define EV_LDRD_POST(a, b, p) __asm__ volatile("ldrd %0, %1, [%2], #8" : "=r"(a), "=r"(b), "+r"(p) : : "memory")
 #endif
 
 /* Fast requantization: the bits of the header's ev_mbqm / ev_requantize in ~25 instead of ~50 instructions
@@ -98,125 +96,151 @@ static inline int8_t ev_requant(int fast, int32_t sum, int32_t bias, int32_t mul
     return fast ? ev_requant_fast(sum, bias, mult, shift, zp) : ev_requantize((int64_t)sum + bias, mult, shift, zp);
 }
 
-/* Swap the middle two of every block of 4 in s[0 .. k & ~3): natural → permuted layout (self-inverse). */
-static inline void ev_permute4(int16_t *s, int32_t k) {
-    for (int32_t i = 0; i + 4 <= k; i += 4) {
-        int16_t t = s[i + 1];
-        s[i + 1] = s[i + 2];
-        s[i + 2] = t;
-    }
+/* Cheaper requantization (~9 instructions per output on M7) for ev_rq_ok(M, e): M ≠ INT32_MIN, n = −e ∈ [2, 23].
+ * With h = SRDHM(x, M) = floor((P + 2^30) / 2^31), P = x·M (above), RDBPOT(h, n) = floor((h + 2^(n−1) − [h<0]) / 2^n)
+ * (ties away from zero), and nesting the floors (integer addends, integer divisors):
+ *   RDBPOT(h, n) = floor((T + 2^(30+n)) / 2^(31+n)),  T = P + 2^30 − [h<0]·2^31
+ *                = (hi32(T) + 2^(n−2)) >> (n−1)          (n ≥ 2; hi32(T) = floor(T / 2^32))
+ * [h<0] may be replaced by t = [x and M of opposite signs]: they differ only when −2^30 ≤ P ≤ 0, where h = 0 and
+ * both give 0. z_o is folded in as z_o·2^(n−1) (|hi32(T)| ≤ 2^30, n ≤ 23: no overflow), so per output: T's low
+ * word from t, one SMLAL, an add, a shift, SSAT. */
+static inline int ev_rq_ok(int32_t mult, int32_t shift) { return mult != INT32_MIN && shift <= -2 && shift >= -23; }
+
+static inline int ev_rq_ok_all(const int32_t *mult, const int32_t *shift, int32_t n) {
+    int ok = 1;
+    for (int32_t i = 0; i < n; i++) ok &= ev_rq_ok(mult[i], shift[i]);
+    return ok;
 }
 
-/* s[0..k) = permuted (x[i] − zp) for a contiguous int8 row x. */
-static inline void ev_expand_row(const int8_t *x, int32_t k, int32_t zp, int16_t *s) {
+typedef struct { /* one channel's constants for ev_rq */
+    int32_t mult, rsh, rcz; /* M, n − 1, 2^(n−2) + z_o·2^(n−1) */
+} ev_rq_t;
+
+static inline ev_rq_t ev_rq_make(int32_t mult, int32_t shift, int32_t zp) {
+    const int32_t rsh = -shift - 1;
+    ev_rq_t q = {mult, rsh, (int32_t)((1u << rsh >> 1) + ((uint32_t)zp << rsh))};
+    return q;
+}
+
+/* clamp8(z_o + RDBPOT(SRDHM(x, M), n)) of an int32 x (the caller saturates sum + bias), when ev_rq_ok */
+static inline int8_t ev_rq(int32_t x, ev_rq_t q) {
+    int32_t hi = (x ^ q.mult) >> 31; /* −1 or 0: T − x·M = 2^30 + hi·2^31, as (hi, lo) words */
+#if EV_SIMD
+    uint32_t lo = ((uint32_t)hi << 31) | (1u << 30);
+    __asm__("smlal %0, %1, %2, %3" : "+r"(lo), "+r"(hi) : "r"(x), "r"(q.mult));
+    return (int8_t)__ssat((hi + q.rcz) >> q.rsh, 8);
+#else
+    hi = (int32_t)(((int64_t)hi * 2147483648LL + (1 << 30) + (int64_t)x * q.mult) >> 32);
+    return ev_clamp8((hi + q.rcz) >> q.rsh);
+#endif
+}
+
+/* Four int16 vectors (v_j[i] = x_j[i·st] − zp, x_j = xv[j]), i < k, interleaved for ev_dot_1x4: per block of
+ * 4 values the 4 of v_0, of v_1, of v_2, of v_3, each permuted (v0, v2, v1, v3); then the k % 4 tail as
+ * quadruples (v_0[i], v_1[i], v_2[i], v_3[i]). 4k values. */
+static inline void ev_pack4(const int8_t *const xv[4], int32_t st, int32_t k, int32_t zp, int16_t *s) {
+    const int8_t *x0 = xv[0], *x1 = xv[1], *x2 = xv[2], *x3 = xv[3];
     int32_t i = 0;
 #if EV_SIMD
-    const uint32_t zz = ((uint32_t)zp & 0xFFFFu) * 0x10001u; /* (zp, zp) — x − zp ∈ [−255, 255] fits int16 */
-    for (; i + 4 <= k; i += 4) {
-        uint32_t v = ev_ld32(x + i);
-        ev_st32(s + i, (uint32_t)__ssub16(ev_lo(v), (int32_t)zz));
-        ev_st32(s + i + 2, (uint32_t)__ssub16(ev_hi(v), (int32_t)zz));
-    }
-#else
-    for (; i + 4 <= k; i += 4) {
-        s[i] = (int16_t)(x[i] - zp);
-        s[i + 1] = (int16_t)(x[i + 2] - zp);
-        s[i + 2] = (int16_t)(x[i + 1] - zp);
-        s[i + 3] = (int16_t)(x[i + 3] - zp);
+    const int32_t zz = (int32_t)(((uint32_t)zp & 0xFFFFu) * 0x10001u);
+    if (st == 1) { /* contiguous vectors: one word of each */
+        for (; i + 4 <= k; i += 4, s += 16) {
+            const uint32_t v0 = ev_ld32(x0 + i), v1 = ev_ld32(x1 + i), v2 = ev_ld32(x2 + i), v3 = ev_ld32(x3 + i);
+            ev_st32(s, (uint32_t)__ssub16(ev_lo(v0), zz));
+            ev_st32(s + 2, (uint32_t)__ssub16(ev_hi(v0), zz));
+            ev_st32(s + 4, (uint32_t)__ssub16(ev_lo(v1), zz));
+            ev_st32(s + 6, (uint32_t)__ssub16(ev_hi(v1), zz));
+            ev_st32(s + 8, (uint32_t)__ssub16(ev_lo(v2), zz));
+            ev_st32(s + 10, (uint32_t)__ssub16(ev_hi(v2), zz));
+            ev_st32(s + 12, (uint32_t)__ssub16(ev_lo(v3), zz));
+            ev_st32(s + 14, (uint32_t)__ssub16(ev_hi(v3), zz));
+        }
+    } else if (x1 == x0 + 1 && x2 == x0 + 2 && x3 == x0 + 3) {
+        /* 4 adjacent pixels of NCHW: one word holds the 4 vectors' values at i; 4 words (i .. i+3) are
+         * transposed with SXTB16 and halfword packing */
+        for (; i + 4 <= k; i += 4, s += 16) {
+            const int8_t *a = x0 + i * st;
+            const uint32_t u0 = ev_ld32(a), u1 = ev_ld32(a + st), u2 = ev_ld32(a + 2 * st), u3 = ev_ld32(a + 3 * st);
+            /* lo(u_c) = (v_0, v_2) at i+c, hi(u_c) = (v_1, v_3) at i+c, minus zp */
+            const uint32_t l0 = (uint32_t)__ssub16(ev_lo(u0), zz), l1 = (uint32_t)__ssub16(ev_lo(u1), zz);
+            const uint32_t l2 = (uint32_t)__ssub16(ev_lo(u2), zz), l3 = (uint32_t)__ssub16(ev_lo(u3), zz);
+            const uint32_t h0 = (uint32_t)__ssub16(ev_hi(u0), zz), h1 = (uint32_t)__ssub16(ev_hi(u1), zz);
+            const uint32_t h2 = (uint32_t)__ssub16(ev_hi(u2), zz), h3 = (uint32_t)__ssub16(ev_hi(u3), zz);
+            /* v_j's permuted block: (c0, c2), (c1, c3) */
+            ev_st32(s, (l0 & 0xFFFFu) | (l2 << 16));
+            ev_st32(s + 2, (l1 & 0xFFFFu) | (l3 << 16));
+            ev_st32(s + 4, (h0 & 0xFFFFu) | (h2 << 16));
+            ev_st32(s + 6, (h1 & 0xFFFFu) | (h3 << 16));
+            ev_st32(s + 8, (l0 >> 16) | (l2 & 0xFFFF0000u));
+            ev_st32(s + 10, (l1 >> 16) | (l3 & 0xFFFF0000u));
+            ev_st32(s + 12, (h0 >> 16) | (h2 & 0xFFFF0000u));
+            ev_st32(s + 14, (h1 >> 16) | (h3 & 0xFFFF0000u));
+        }
     }
 #endif
-    for (; i < k; i++) s[i] = (int16_t)(x[i] - zp);
+    for (; i + 4 <= k; i += 4, s += 16) {
+        for (int32_t j = 0; j < 4; j++) {
+            const int8_t *a = xv[j] + i * st;
+            s[4 * j] = (int16_t)(a[0] - zp);
+            s[4 * j + 1] = (int16_t)(a[2 * st] - zp);
+            s[4 * j + 2] = (int16_t)(a[st] - zp);
+            s[4 * j + 3] = (int16_t)(a[3 * st] - zp);
+        }
+    }
+    for (; i < k; i++, s += 4) {
+        s[0] = (int16_t)(x0[i * st] - zp);
+        s[1] = (int16_t)(x1[i * st] - zp);
+        s[2] = (int16_t)(x2[i * st] - zp);
+        s[3] = (int16_t)(x3[i * st] - zp);
+    }
 }
 
-/* acc[j] += Σ_i w[j·ws + i] · s[i] for 4 int8 rows w (conv2d / linear: 4 output channels share the loads
- * of s; 24 instructions per 16 MACs on M7). */
-static inline void ev_dot_4w(const int8_t *w, int32_t ws, const int16_t *s, int32_t k, int32_t acc[4]) {
-    const int8_t *w0 = w, *w1 = w + ws, *w2 = w + 2 * ws, *w3 = w + 3 * ws;
-    int32_t i = 0, k4 = k & ~3;
+/* acc[j] += Σ_i w[i] · v_j[i] for one int8 row w × the 4 int16 vectors packed in s by ev_pack4: each weight
+ * word is loaded and unpacked once for 4 products (per 4 values: 1 LDR + 2 SXTB16 + 4 LDRD + 8 SMLAD). */
+static inline void ev_dot_1x4(const int8_t *w, const int16_t *s, int32_t k, int32_t acc[4]) {
+    int32_t i = 0;
+    const int32_t k4 = k & ~3;
 #if EV_SIMD
-    /* s is the kernel's word-aligned scratch: its pairs are read as aligned words (LDRD) */
-    const int16_t *sp = (const int16_t *)__builtin_assume_aligned(s, 4), *se = sp + k4;
-    int32_t a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
-    for (; sp < se; sp += 4, w0 += 4, w1 += 4, w2 += 4, w3 += 4) {
-        int32_t s02 = (int32_t)ev_ld32(sp), s13 = (int32_t)ev_ld32(sp + 2);
-        uint32_t v;
-        v = ev_ld32(w0); a0 = __smlad(ev_lo(v), s02, a0); a0 = __smlad(ev_hi(v), s13, a0); EV_STEP_BARRIER();
-        v = ev_ld32(w1); a1 = __smlad(ev_lo(v), s02, a1); a1 = __smlad(ev_hi(v), s13, a1); EV_STEP_BARRIER();
-        v = ev_ld32(w2); a2 = __smlad(ev_lo(v), s02, a2); a2 = __smlad(ev_hi(v), s13, a2); EV_STEP_BARRIER();
-        v = ev_ld32(w3); a3 = __smlad(ev_lo(v), s02, a3); a3 = __smlad(ev_hi(v), s13, a3);
+    const int16_t *sp = s;
+    int32_t c0 = acc[0], c1 = acc[1], c2 = acc[2], c3 = acc[3];
+    /* LDRD with post-increment (GCC splits the pairs into 2 LDRs and adds the pointer update): the memory
+     * clobber keeps them after the scratch stores of the packing (s is word aligned) */
+#define EV_DOT_1X4_STEP(j)                                                                                      \
+    do {                                                                                                        \
+        const uint32_t v = ev_ld32(w + (j));                                                                    \
+        const int32_t l = ev_lo(v), h = ev_hi(v);                                                               \
+        int32_t a, b;                                                                                           \
+        EV_LDRD_POST(a, b, sp); c0 = __smlad(l, a, c0); c0 = __smlad(h, b, c0);                                 \
+        EV_LDRD_POST(a, b, sp); c1 = __smlad(l, a, c1); c1 = __smlad(h, b, c1);                                 \
+        EV_LDRD_POST(a, b, sp); c2 = __smlad(l, a, c2); c2 = __smlad(h, b, c2);                                 \
+        EV_LDRD_POST(a, b, sp); c3 = __smlad(l, a, c3); c3 = __smlad(h, b, c3);                                 \
+    } while (0)
+    for (; i + 8 <= k4; i += 8) { /* unrolled twice: 33 instructions per 32 MACs */
+        EV_DOT_1X4_STEP(i);
+        EV_DOT_1X4_STEP(i + 4);
     }
-    w0 -= k4; w1 -= k4; w2 -= k4; w3 -= k4;
-    i = k4;
+    if (i < k4) {
+        EV_DOT_1X4_STEP(i);
+        i += 4;
+    }
+#undef EV_DOT_1X4_STEP
 #else
-    uint32_t a0 = (uint32_t)acc[0], a1 = (uint32_t)acc[1], a2 = (uint32_t)acc[2], a3 = (uint32_t)acc[3];
-    for (; i < k4; i += 4) {
-        int32_t s0 = s[i], s2 = s[i + 1], s1 = s[i + 2], s3 = s[i + 3];
-        a0 += (uint32_t)(w0[i] * s0 + w0[i + 1] * s1 + w0[i + 2] * s2 + w0[i + 3] * s3);
-        a1 += (uint32_t)(w1[i] * s0 + w1[i + 1] * s1 + w1[i + 2] * s2 + w1[i + 3] * s3);
-        a2 += (uint32_t)(w2[i] * s0 + w2[i + 1] * s1 + w2[i + 2] * s2 + w2[i + 3] * s3);
-        a3 += (uint32_t)(w3[i] * s0 + w3[i + 1] * s1 + w3[i + 2] * s2 + w3[i + 3] * s3);
+    const int16_t *sp = s;
+    uint32_t c0 = (uint32_t)acc[0], c1 = (uint32_t)acc[1], c2 = (uint32_t)acc[2], c3 = (uint32_t)acc[3];
+    for (; i < k4; i += 4, sp += 16) {
+        const int32_t p0 = w[i], p1 = w[i + 2], p2 = w[i + 1], p3 = w[i + 3]; /* the permuted order of s */
+        c0 += (uint32_t)(p0 * sp[0] + p1 * sp[1] + p2 * sp[2] + p3 * sp[3]);
+        c1 += (uint32_t)(p0 * sp[4] + p1 * sp[5] + p2 * sp[6] + p3 * sp[7]);
+        c2 += (uint32_t)(p0 * sp[8] + p1 * sp[9] + p2 * sp[10] + p3 * sp[11]);
+        c3 += (uint32_t)(p0 * sp[12] + p1 * sp[13] + p2 * sp[14] + p3 * sp[15]);
     }
 #endif
-    for (; i < k; i++) {
-        int32_t si = s[i];
-        a0 += w0[i] * si; a1 += w1[i] * si; a2 += w2[i] * si; a3 += w3[i] * si;
+    for (; i < k; i++, sp += 4) {
+        const int32_t p = w[i];
+        c0 += (uint32_t)(p * sp[0]); c1 += (uint32_t)(p * sp[1]);
+        c2 += (uint32_t)(p * sp[2]); c3 += (uint32_t)(p * sp[3]);
     }
-    acc[0] = (int32_t)a0; acc[1] = (int32_t)a1; acc[2] = (int32_t)a2; acc[3] = (int32_t)a3;
-}
-
-/* acc[2r + j] += Σ_i a[r·as + i] · s[j·ss + i] for 2 int8 rows a × 2 int16 rows s (matmul: each a row
- * and each s row is loaded once for two products: ~23 instructions per 16 MACs on M7). The s rows may
- * be unaligned (odd k): ARMv7-M LDR handles it. */
-static inline void ev_dot_2x2(const int8_t *a, int32_t as, const int16_t *s, int32_t ss, int32_t k, int32_t acc[4]) {
-    const int8_t *a0 = a, *a1 = a + as;
-    const int16_t *s0 = s, *s1 = s + ss;
-    int32_t i = 0, k4 = k & ~3;
-#if EV_SIMD
-    int32_t c00 = acc[0], c01 = acc[1], c10 = acc[2], c11 = acc[3];
-    for (; i < k4; i += 4) {
-        uint32_t v0 = ev_ld32(a0 + i), v1 = ev_ld32(a1 + i);
-        int32_t l0 = ev_lo(v0), h0 = ev_hi(v0), l1 = ev_lo(v1), h1 = ev_hi(v1), t;
-        t = (int32_t)ev_ld32(s0 + i); c00 = __smlad(l0, t, c00); c10 = __smlad(l1, t, c10);
-        t = (int32_t)ev_ld32(s0 + i + 2); c00 = __smlad(h0, t, c00); c10 = __smlad(h1, t, c10);
-        EV_STEP_BARRIER();
-        t = (int32_t)ev_ld32(s1 + i); c01 = __smlad(l0, t, c01); c11 = __smlad(l1, t, c11);
-        t = (int32_t)ev_ld32(s1 + i + 2); c01 = __smlad(h0, t, c01); c11 = __smlad(h1, t, c11);
-    }
-#else
-    uint32_t c00 = (uint32_t)acc[0], c01 = (uint32_t)acc[1], c10 = (uint32_t)acc[2], c11 = (uint32_t)acc[3];
-    for (; i < k4; i += 4) {
-        /* a in the permuted order of s: (a[i], a[i+2], a[i+1], a[i+3]) */
-        int32_t p0 = a0[i], p1 = a0[i + 2], p2 = a0[i + 1], p3 = a0[i + 3];
-        int32_t q0 = a1[i], q1 = a1[i + 2], q2 = a1[i + 1], q3 = a1[i + 3];
-        c00 += (uint32_t)(p0 * s0[i] + p1 * s0[i + 1] + p2 * s0[i + 2] + p3 * s0[i + 3]);
-        c01 += (uint32_t)(p0 * s1[i] + p1 * s1[i + 1] + p2 * s1[i + 2] + p3 * s1[i + 3]);
-        c10 += (uint32_t)(q0 * s0[i] + q1 * s0[i + 1] + q2 * s0[i + 2] + q3 * s0[i + 3]);
-        c11 += (uint32_t)(q0 * s1[i] + q1 * s1[i + 1] + q2 * s1[i + 2] + q3 * s1[i + 3]);
-    }
-#endif
-    for (; i < k; i++) {
-        c00 += a0[i] * s0[i]; c01 += a0[i] * s1[i]; c10 += a1[i] * s0[i]; c11 += a1[i] * s1[i];
-    }
-    acc[0] = (int32_t)c00; acc[1] = (int32_t)c01; acc[2] = (int32_t)c10; acc[3] = (int32_t)c11;
-}
-
-/* Σ_i w[i] · s[i], one row (channel / column tails). */
-static inline int32_t ev_dot_1(const int8_t *w, const int16_t *s, int32_t k) {
-    int32_t i = 0, k4 = k & ~3;
-#if EV_SIMD
-    int32_t a = 0;
-    for (; i < k4; i += 4) {
-        uint32_t v = ev_ld32(w + i);
-        a = __smlad(ev_lo(v), (int32_t)ev_ld32(s + i), a);
-        a = __smlad(ev_hi(v), (int32_t)ev_ld32(s + i + 2), a);
-    }
-#else
-    uint32_t a = 0;
-    for (; i < k4; i += 4)
-        a += (uint32_t)(w[i] * s[i] + w[i + 2] * s[i + 1] + w[i + 1] * s[i + 2] + w[i + 3] * s[i + 3]);
-#endif
-    for (; i < k; i++) a += w[i] * s[i];
-    return (int32_t)a;
+    acc[0] = (int32_t)c0; acc[1] = (int32_t)c1; acc[2] = (int32_t)c2; acc[3] = (int32_t)c3;
 }
 
 #endif /* EV_COMMON_H */

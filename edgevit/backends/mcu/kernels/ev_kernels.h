@@ -9,15 +9,17 @@
  * ACLE SIMD intrinsics (__smlad, __sxtb16); elsewhere a portable C loop computes the same sums.
  *
  * Scratch: kernels that take `int16_t *scratch` need (4-byte aligned) at least
- *   conv2d  2 · (c/group) · kh · kw bytes      linear  2 · k bytes      matmul  2 · k · n bytes
- * (EV_*_SCRATCH_BYTES below); the memory planner reserves it in the arena for the op's duration.
+ *   conv2d  12 · (c/group) · kh · kw bytes   linear  8 · k bytes   matmul  2 · k · (n rounded up to 4) bytes
+ * (EV_*_SCRATCH_BYTES below; four pixels / rows / columns as int16 at once, conv2d also their int8 receptive
+ * fields); the memory planner reserves it in the arena for the op's duration.
  *
  * Aliasing (what the planner may do):
  *   lut, rescale, softmax, layernorm: y may equal x (in place).
  *   add, mul: y may equal an operand whose strides are the output's contiguous strides.
- *   linear (token overwriting): rows are processed in order and row i of x is read completely (into
- *     scratch) before row i of y is written, so y may overlap x as long as row i of y ends at or below
- *     the start of row i+1 of x: y + (i+1)·n <= x + (i+1)·k for every i < rows − 1 (y == x when n <= k).
+ *   linear (token overwriting): rows are processed in order, in blocks of 4 (i .. i+3, i a multiple of 4):
+ *     the block's rows of x are read completely (into scratch) before any of its rows of y is written, so row i of x is always read
+ *     before row i of y is written and y may overlap x as long as row i of y ends at or below the start
+ *     of row i+1 of x: y + (i+1)·n <= x + (i+1)·k for every i < rows − 1 (y == x when n <= k).
  *   everything else: y must not overlap any input.
  */
 #ifndef EV_KERNELS_H
@@ -26,9 +28,9 @@
 #include <stdint.h>
 
 #define EV_MAX_RANK 6
-#define EV_CONV2D_SCRATCH_BYTES(cg, kh, kw) (2 * (cg) * (kh) * (kw))
-#define EV_LINEAR_SCRATCH_BYTES(k) (2 * (k))
-#define EV_MATMUL_SCRATCH_BYTES(k, n) (2 * (k) * (n))
+#define EV_CONV2D_SCRATCH_BYTES(cg, kh, kw) (12 * (cg) * (kh) * (kw))
+#define EV_LINEAR_SCRATCH_BYTES(k) (8 * (k))
+#define EV_MATMUL_SCRATCH_BYTES(k, n) (2 * (k) * (((n) + 3) & ~3))
 
 /* ---- requantization (scheme.py: multiply_by_quantized_multiplier, requantize) ------------------- */
 static inline int32_t ev_sat32(int64_t x) {

@@ -2,42 +2,43 @@
 #include "ev_kernels.h"
 #include "ev_common.h"
 
-void ev_linear(const ev_linear_t *p, const int8_t *x, int8_t *y, int16_t *scratch) {
-    /* fields in locals: for the compiler y's int8 stores may alias *p, which would be re-read per output */
-    const int32_t k = p->k, n = p->n, x_zp = p->x_zp, out_zp = p->out_zp;
-    const int8_t *weight = p->weight;
-    const int32_t *bias = p->bias, *mult = p->mult, *shift = p->shift;
-    const int fast = ev_fast_ok_all(mult, shift, n);
-    for (int32_t r = 0; r < p->rows; r++) {
-        /* row r of x is fully in scratch before row r of y is written: the header's aliasing contract */
-        ev_expand_row(x + (int64_t)r * k, k, x_zp, scratch);
-        int8_t *yr = y + (int64_t)r * n;
-        int32_t j = 0;
-        for (; j + 4 <= n; j += 4) {
-            int32_t acc[4] = {0, 0, 0, 0};
-            ev_dot_4w(weight + (int64_t)j * k, k, scratch, k, acc);
-            for (int32_t t = 0; t < 4; t++)
-                yr[j + t] = ev_requant(fast, acc[t], bias ? bias[j + t] : 0, mult[j + t], shift[j + t], out_zp);
+/* the 4 outputs of one channel / row for 4 rows / columns (`np` of them real, np ≥ 1), at y + j·ys */
+static inline void store4(const int32_t acc[4], int32_t np, int rq, int fast, int32_t bias, int32_t mult, int32_t shift,
+                          int32_t zp, int8_t *y, int32_t ys) {
+    if (rq) {
+        const ev_rq_t q = ev_rq_make(mult, shift, zp);
+        if (np == 4) { /* unrolled: the sums stay in registers */
+            y[0] = ev_rq(ev_sat_add(acc[0], bias), q);
+            y[ys] = ev_rq(ev_sat_add(acc[1], bias), q);
+            y[2 * ys] = ev_rq(ev_sat_add(acc[2], bias), q);
+            y[3 * ys] = ev_rq(ev_sat_add(acc[3], bias), q);
+        } else {
+            for (int32_t j = 0; j < np; j++) y[j * ys] = ev_rq(ev_sat_add(acc[j], bias), q);
         }
-        for (; j < n; j++)
-            yr[j] = ev_requant(fast, ev_dot_1(weight + (int64_t)j * k, scratch, k), bias ? bias[j] : 0, mult[j],
-                               shift[j], out_zp);
+    } else {
+        for (int32_t j = 0; j < np; j++) y[j * ys] = ev_requant(fast, acc[j], bias, mult, shift, zp);
     }
 }
 
-/* scratch (n, k) = permuted (b − b_zp)ᵀ, so each output column is a contiguous int16 row. */
-static void transpose_b(const int8_t *b, int32_t k, int32_t n, int32_t zp, int16_t *s) {
-    const int32_t k4 = k & ~3;
-    for (int32_t j = 0; j < n; j++, s += k) {
-        const int8_t *c = b + j;
-        int32_t i = 0;
-        for (; i < k4; i += 4) {
-            s[i] = (int16_t)(c[i * n] - zp);
-            s[i + 1] = (int16_t)(c[(i + 2) * n] - zp);
-            s[i + 2] = (int16_t)(c[(i + 1) * n] - zp);
-            s[i + 3] = (int16_t)(c[(i + 3) * n] - zp);
+void ev_linear(const ev_linear_t *p, const int8_t *x, int8_t *y, int16_t *scratch) {
+    /* fields in locals: for the compiler y's int8 stores may alias *p, which would be re-read per output */
+    const int32_t rows = p->rows, k = p->k, n = p->n, x_zp = p->x_zp, out_zp = p->out_zp;
+    const int8_t *weight = p->weight;
+    const int32_t *bias = p->bias, *mult = p->mult, *shift = p->shift;
+    const int rq = ev_rq_ok_all(mult, shift, n), fast = ev_fast_ok_all(mult, shift, n);
+    for (int32_t r = 0; r < rows; r += 4) {
+        /* rows r .. r + 3 of x are fully in scratch before any of those rows of y is written: row i of x is
+         * read before row i of y is written (the header's aliasing contract; reading ahead is safe) */
+        const int32_t np = rows - r < 4 ? rows - r : 4;
+        const int8_t *xv[4];
+        for (int32_t j = 0; j < 4; j++) xv[j] = x + (int64_t)(r + (j < np ? j : np - 1)) * k;
+        ev_pack4(xv, 1, k, x_zp, scratch);
+        int8_t *yr = y + (int64_t)r * n;
+        for (int32_t j = 0; j < n; j++) {
+            int32_t acc[4] = {0, 0, 0, 0};
+            ev_dot_1x4(weight + (int64_t)j * k, scratch, k, acc);
+            store4(acc, np, rq, fast, bias ? bias[j] : 0, mult[j], shift[j], out_zp, yr + j, n);
         }
-        for (; i < k; i++) s[i] = (int16_t)(c[i * n] - zp);
     }
 }
 
@@ -48,45 +49,39 @@ static inline int32_t mm_acc(int32_t dot, int32_t a_zp, int32_t colsum) {
     return (int32_t)((uint32_t)dot - (uint32_t)a_zp * (uint32_t)colsum);
 }
 
-static inline int32_t row_sum(const int16_t *s, int32_t k) {
-    int32_t t = 0;
-    for (int32_t i = 0; i < k; i++) t += s[i];
-    return t;
-}
-
 void ev_matmul(const ev_matmul_t *p, const int8_t *a, const int8_t *b, int8_t *y, int16_t *scratch) {
     const int32_t batch = p->batch, m = p->m, k = p->k, n = p->n, a_zp = p->a_zp, b_zp = p->b_zp;
     const int32_t a_stride = p->a_batch_stride, b_stride = p->b_batch_stride;
     const int32_t mult = p->mult, shift = p->shift, out_zp = p->out_zp; /* locals: y may alias *p */
-    const int fast = ev_fast_ok(mult, shift);
+    const int fast = ev_fast_ok(mult, shift), rq = ev_rq_ok(mult, shift);
     const int8_t *b_done = 0;
     for (int32_t bt = 0; bt < batch; bt++) {
         const int8_t *ab = a + (int64_t)bt * a_stride, *bb = b + (int64_t)bt * b_stride;
         int8_t *yb = y + (int64_t)bt * m * n;
-        if (bb != b_done) { /* a broadcast b (stride 0) is transposed once */
-            transpose_b(bb, k, n, b_zp, scratch);
+        if (bb != b_done) { /* scratch: b − b_zp in blocks of 4 columns (ev_pack4); a broadcast b once */
+            for (int32_t j = 0; j < n; j += 4) {
+                const int8_t *xv[4];
+                for (int32_t t = 0; t < 4; t++) xv[t] = bb + (j + t < n ? j + t : n - 1);
+                ev_pack4(xv, n, k, b_zp, scratch + (int64_t)j * k);
+            }
             b_done = bb;
         }
-        /* 2 columns × 2 rows per dot (column / row tails with the single dot) */
-        for (int32_t j = 0; j < n; j += 2) {
+        for (int32_t j = 0; j < n; j += 4) {
             const int16_t *s = scratch + (int64_t)j * k;
-            const int pair = j + 1 < n;
-            const int32_t cs0 = a_zp ? row_sum(s, k) : 0, cs1 = a_zp && pair ? row_sum(s + k, k) : 0;
-            int32_t i = 0;
-            for (; pair && i + 2 <= m; i += 2) {
-                int32_t acc[4] = {0, 0, 0, 0};
-                int8_t *yr = yb + (int64_t)i * n + j;
-                ev_dot_2x2(ab + (int64_t)i * k, k, s, k, k, acc);
-                yr[0] = ev_requant(fast, mm_acc(acc[0], a_zp, cs0), 0, mult, shift, out_zp);
-                yr[1] = ev_requant(fast, mm_acc(acc[1], a_zp, cs1), 0, mult, shift, out_zp);
-                yr[n] = ev_requant(fast, mm_acc(acc[2], a_zp, cs0), 0, mult, shift, out_zp);
-                yr[n + 1] = ev_requant(fast, mm_acc(acc[3], a_zp, cs1), 0, mult, shift, out_zp);
+            const int32_t np = n - j < 4 ? n - j : 4;
+            int32_t cs[4] = {0, 0, 0, 0}; /* Σ_k b' of the 4 columns */
+            if (a_zp) {
+                const int32_t k4 = k & ~3;
+                for (int32_t i = 0; i < 4 * k4; i += 16)
+                    for (int32_t t = 0; t < 4; t++) cs[t] += s[i + 4 * t] + s[i + 4 * t + 1] + s[i + 4 * t + 2] + s[i + 4 * t + 3];
+                for (int32_t i = 4 * k4; i < 4 * k; i += 4)
+                    for (int32_t t = 0; t < 4; t++) cs[t] += s[i + t];
             }
-            for (; i < m; i++) {
-                const int8_t *ar = ab + (int64_t)i * k;
-                int8_t *yr = yb + (int64_t)i * n + j;
-                yr[0] = ev_requant(fast, mm_acc(ev_dot_1(ar, s, k), a_zp, cs0), 0, mult, shift, out_zp);
-                if (pair) yr[1] = ev_requant(fast, mm_acc(ev_dot_1(ar, s + k, k), a_zp, cs1), 0, mult, shift, out_zp);
+            for (int32_t i = 0; i < m; i++) {
+                int32_t acc[4] = {0, 0, 0, 0};
+                ev_dot_1x4(ab + (int64_t)i * k, s, k, acc);
+                for (int32_t t = 0; t < 4; t++) acc[t] = mm_acc(acc[t], a_zp, cs[t]);
+                store4(acc, np, rq, fast, 0, mult, shift, out_zp, yb + (int64_t)i * n + j, 1);
             }
         }
     }
