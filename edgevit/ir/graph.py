@@ -141,3 +141,16 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def initializer_arrays(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+def node_attributes(node: onnx.NodeProto) -> dict:
+    """A node's attributes as Python values: strings decoded, tensors as numpy arrays, repeated as lists."""
+    out = {}
+    for a in node.attribute:
+        value = onnx.helper.get_attribute_value(a)
+        if isinstance(value, bytes):
+            value = value.decode()
+        elif isinstance(value, onnx.TensorProto):
+            value = numpy_helper.to_array(value)
+        out[a.name] = list(value) if isinstance(value, (list, tuple)) else value
+    return out

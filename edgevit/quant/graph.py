@@ -19,6 +19,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..errors import EdgevitError
+from ..ir.graph import node_attributes
 
 # Ops with an integer semantics in integer_ops (after the fusions in quantize.py).
 SUPPORTED = {
@@ -54,18 +55,6 @@ class FloatGraph:
             for name in node.inputs:
                 found.setdefault(name, []).append(node)
         return found
-
-
-def _attrs(node: onnx.NodeProto) -> dict:
-    out = {}
-    for a in node.attribute:
-        value = helper.get_attribute_value(a)
-        if isinstance(value, bytes):
-            value = value.decode()
-        elif isinstance(value, onnx.TensorProto):
-            value = numpy_helper.to_array(value)
-        out[a.name] = list(value) if isinstance(value, (list, tuple)) else value
-    return out
 
 
 def _ranks(model: onnx.ModelProto) -> dict[str, int]:
@@ -115,7 +104,7 @@ def from_onnx(model: onnx.ModelProto) -> FloatGraph:
     ranks = None
     nodes: list[Node] = []
     for i, n in enumerate(model.graph.node):
-        attrs = _attrs(n)
+        attrs = node_attributes(n)
         label = n.name or f"#{i}"
         if n.op_type == "Constant" and n.domain in ("", "ai.onnx"):
             if "value" not in attrs:

@@ -35,6 +35,7 @@ from onnx import numpy_helper
 
 from ...errors import EdgevitError
 from ...ir import graph as G
+from ...ir.graph import node_attributes
 
 
 class UnsupportedOp(EdgevitError):
@@ -126,18 +127,6 @@ class Context:
 
 def _f32(x):
     return x.astype(np.float32) if isinstance(x, np.ndarray) and x.dtype.kind == "f" else x
-
-
-def _attrs(node: onnx.NodeProto) -> dict:
-    out = {}
-    for a in node.attribute:
-        v = onnx.helper.get_attribute_value(a)
-        if isinstance(v, bytes):
-            v = v.decode()
-        elif isinstance(v, onnx.TensorProto):
-            v = numpy_helper.to_array(v)
-        out[a.name] = list(v) if isinstance(v, (list, tuple)) else v
-    return out
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -722,7 +711,7 @@ def lower(model: onnx.ModelProto, opset, options: dict | None = None,
                 for name, value in zip(node.output, _fold(node, ins, model)):
                     ctx.values[name] = value
                 continue
-            result = LOWER[op_key(node)](ctx, node, _attrs(node))
+            result = LOWER[op_key(node)](ctx, node, node_attributes(node))
             results = result if isinstance(result, list) else [result]
             for name, value in zip(node.output, results):
                 if not name:
@@ -768,7 +757,7 @@ def _fold_scale(ctx: Context, x_name: str, w: np.ndarray, targets: set[str]) -> 
     if x_name not in targets:
         return w
     factor = ctx.options["_input_scale"][x_name].astype(np.float32)
-    groups = int(_attrs(ctx.node).get("group", 1))
+    groups = int(node_attributes(ctx.node).get("group", 1))
     # weight[o, j] reads input channel g·(C/groups) + j, with g = o // (O/groups) its group
     out_per_group, in_per_group = w.shape[0] // groups, w.shape[1]
     channel = (np.arange(w.shape[0])[:, None] // out_per_group) * in_per_group + np.arange(in_per_group)[None, :]
