@@ -90,15 +90,19 @@ def _load_for_analysis(args):
     from .frontend.export import export, simplify
     from .frontend.source import resolve
     from .ir import graph as G
+    from .ir import limits
 
     source = resolve(args.model)
     size = tuple(args.input_size) if args.input_size else None
     if source.kind == "onnx":
         model = G.load_onnx(source.path)
+        shapes = G.static_input_shapes(model, args.batch, size)
+        limits.check(model, shapes)  # MACs/params/activation bounds before onnxsim or onnxruntime allocate
         if not G.is_static(model) or size or args.batch:
-            model = simplify(model, G.static_input_shapes(model, args.batch, size))
+            model = simplify(model, shapes)
         return source, model
     result = export(source, size, args.batch or 1, samples=1)
+    limits.check(result.model)
     return source, result.model
 
 
@@ -297,17 +301,23 @@ def cmd_bench(args) -> int:
     from .passes import pipeline
 
     target = targets.load(args.target)
+    if args.zoo:
+        return _bench_zoo(args, target)
+    if args.models or args.family or args.accuracy:
+        raise EdgevitError("--models/--family/--accuracy go with --zoo")
+    if not args.model:
+        raise EdgevitError("bench needs MODEL (or --zoo for the whole zoo)")
     if target.backend == "mcu":
         return _bench_mcu(args, target)
-    if args.tracker or args.key:
-        raise EdgevitError("bench takes --rpc HOST:PORT (a direct RPC server), not --tracker")
+    if target.backend == "coreml":
+        return _bench_iphone(args, target)
     remote = _remote(args)
     from .backends.tvm.tune import is_native
     from .frontend.source import resolve
 
     if target.backend == "tvm" and not is_native(target) and remote is None:  # fail before any model work
         raise EdgevitError(f"target {target.name} runs on {target.options.get('runtime_arch')}, not on this host: "
-                           "pass --rpc HOST:PORT of a TVM RPC server on the device")
+                           "pass --rpc HOST:PORT of a TVM RPC server on the device (or --tracker HOST:PORT --key K)")
 
     if resolve(args.model).is_torch:  # a python factory builds the same weights for export and timing
         import torch
@@ -318,7 +328,7 @@ def cmd_bench(args) -> int:
     optimized, _ = pipeline.run(model, pipeline.select(_csv(args.passes), _csv(args.skip)))
     with atomic_dir(out_dir) as tmp:
         payload = run_bench(source, model, optimized, target, tmp, tuple(args.input_size) if args.input_size else None,
-                            args.runs, (remote["host"], remote["port"]) if remote else None)
+                            args.runs, (remote["host"], remote["port"], remote["key"]) if remote else None)
     parts = [f"{r['runtime']} {r['median_ms']:.3f} ms ({r['ratio_vs_onnxruntime']:.2f}× ORT)" for r in payload["results"]]
     ui.console.print(f"[bold]wrote[/bold] {out_dir}/ ({'; '.join(parts)})")
     return 0
@@ -329,8 +339,8 @@ def _bench_mcu(args, target) -> int:
     from .bench.mcu import run_mcu_bench
     from .passes import pipeline
 
-    if args.rpc:
-        raise EdgevitError(f"--rpc is for TVM boards; {target.name} is benchmarked on QEMU (instruction counts)")
+    if args.rpc or args.tracker:
+        raise EdgevitError(f"--rpc/--tracker are for TVM boards; {target.name} is benchmarked on QEMU (instruction counts)")
     source, model = _load_for_analysis(args)
     out_dir = Path(args.output or f"out/bench/{source.name}-{target.name}")
     optimized, _ = pipeline.run(model, pipeline.select(_csv(args.passes), _csv(args.skip)))
@@ -339,6 +349,53 @@ def _bench_mcu(args, target) -> int:
     ui.console.print(f"[bold]wrote[/bold] {out_dir}/ ({r['instructions'] / 1e6:.2f} M instructions, "
                      f"{r['macs_per_instruction']:.2f} MAC/instr, estimated {r['estimated_ms']} ms at "
                      f"{r['clock_hz'] / 1e6:.0f} MHz, peak SRAM {r['peak_sram'] / 1024:.1f} KB)")
+    return 0
+
+
+def _bench_iphone(args, target) -> int:
+    from .artifacts import atomic_dir
+    from .bench.ios import run_iphone_bench
+    from .passes import pipeline
+
+    if args.rpc or args.tracker:
+        raise EdgevitError(f"--rpc/--tracker are for TVM boards; {target.name} latency is predicted here (measured on macOS)")
+    source, model = _load_for_analysis(args)
+    out_dir = Path(args.output or f"out/bench/{source.name}-{target.name}")
+    optimized, _ = pipeline.run(model, pipeline.select(_csv(args.passes), _csv(args.skip)))
+    with atomic_dir(out_dir) as tmp:
+        r = run_iphone_bench(source, optimized, target, tmp, args)
+    lo, hi = r["band_ms"]
+    measured = f"; measured on this Mac {r['measured_ms']:.3f} ms" if r.get("measured_ms") is not None else ""
+    ui.console.print(f"[bold]wrote[/bold] {out_dir}/ (PREDICTED {r['predicted_ms']:.3f} ms on {target.name} "
+                     f"[{r['chip']}], band {lo:.3f}–{hi:.3f} ms; predictor leave-one-out error "
+                     f"{r['predictor']['loo_mape_pct']:.1f} %{measured})")
+    return 0
+
+
+def _bench_zoo(args, target) -> int:
+    from .bench.zoo_run import run_zoo, select_models
+
+    if args.model:
+        raise EdgevitError("give either MODEL or --zoo, not both (filter the zoo with --models a,b or --family F)")
+    if args.batch not in (None, 1):
+        raise EdgevitError("--zoo benchmarks batch 1")
+    args._remote = None
+    if target.backend == "tvm":
+        from .backends.tvm.tune import is_native
+
+        args._remote = _remote(args)
+        if not is_native(target) and args._remote is None:
+            raise EdgevitError(f"target {target.name} runs on {target.options.get('runtime_arch')}, not on this "
+                               "host: pass --rpc HOST:PORT of a TVM RPC server on the device")
+    elif args.rpc or args.tracker:
+        raise EdgevitError(f"--rpc/--tracker are for TVM boards, not {target.name}")
+    names = select_models(args.models, args.family, target)
+    size = f"-{args.input_size[0]}x{args.input_size[1]}" if args.input_size else ""
+    out_dir = Path(args.output or f"out/bench/zoo-{target.name}{size}")
+    payload = run_zoo(target, names, out_dir, args)
+    failed = f", {len(payload['failed'])} failed" if payload["failed"] else ""
+    ui.console.print(f"[bold]wrote[/bold] {out_dir}/zoo.bench.json, zoo.bench.md, zoo.png ({payload['ok']} of "
+                     f"{payload['models']} models, {payload['resumed']} from an earlier run{failed})")
     return 0
 
 
@@ -434,16 +491,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pass_args(p)  # tune with the passes you compile with, or the workloads will not match
     p.set_defaults(func=cmd_tune)
 
-    p = sub.add_parser("bench", help="latency: TVM vs onnxruntime vs PyTorch (host/boards), QEMU instruction counts (MCUs)")
-    _add_model_arg(p)
+    p = sub.add_parser("bench", help="latency: TVM vs onnxruntime vs PyTorch (host/boards), QEMU instruction counts "
+                                     "(MCUs), predicted (iPhone on Linux)")
+    p.add_argument("model", nargs="?", help="zoo name, path to a .onnx file, or path/to/file.py:factory")
     p.add_argument("--target", required=True, help="target name (see `edgevit targets`)")
     p.add_argument("-o", "--output", help="report folder (default: out/bench/<model>-<target>)")
     _add_shape_args(p, batch_default=None)
     p.add_argument("--runs", type=int, default=20, help="timed runs per runtime after one warm-up (default: 20)")
     p.add_argument("--rpc", metavar="HOST:PORT", help="time the TVM library on a device's TVM RPC server")
-    p.add_argument("--tracker", help=argparse.SUPPRESS)
-    p.add_argument("--key", help=argparse.SUPPRESS)
+    p.add_argument("--tracker", metavar="HOST:PORT", help="time it on a device from a TVM RPC tracker (with --key)")
+    p.add_argument("--key", help="device key at the --tracker")
     _add_pass_args(p)
+    zoo_group = p.add_argument_group("the whole zoo (resumable: one result file per model in the output folder)")
+    zoo_group.add_argument("--zoo", action="store_true", help="benchmark every zoo model (default output: "
+                           "out/bench/zoo-<target>/); a rerun skips models already done")
+    zoo_group.add_argument("--models", help="with --zoo: only these comma-separated zoo models")
+    zoo_group.add_argument("--family", help="with --zoo: only this family")
+    zoo_group.add_argument("--accuracy", metavar="CSV", help="with --zoo: published top-1 as model,top1 rows "
+                           "(for the accuracy-vs-latency plot; the calibration CSV's are built in)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("optimize", help="run the pass pipeline (fold BN, reparameterize, fuse attention, ...)")

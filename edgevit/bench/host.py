@@ -92,7 +92,8 @@ def _chart(path: Path, title: str, rows: list[dict]) -> None:
 
 
 def run_bench(source, model: onnx.ModelProto, optimized: onnx.ModelProto, target, out_dir: Path,
-              input_size: tuple[int, int] | None, runs: int, remote: tuple[str, int] | None = None) -> dict:
+              input_size: tuple[int, int] | None, runs: int, remote: tuple | None = None) -> dict:
+    """`remote`: (host, port) of a TVM RPC server, or (host, port, key) of a tracker and a device key."""
     """Benchmark into `out_dir` (a folder the caller moves into place): JSON + Markdown report, PNG chart."""
     from ..backends.tvm import compile_model
     from ..backends.tvm.tune import is_native
@@ -111,31 +112,13 @@ def run_bench(source, model: onnx.ModelProto, optimized: onnx.ModelProto, target
     image = next((s for s in shapes.values() if len(s) == 4), None)
     size = input_size or (tuple(image[2:]) if image else None)
 
-    build = out_dir / "build"
-    build.mkdir()
-    built = compile_model(optimized, target, build, name=name)
-    library = build / f"{name}.so"
-    schedules = built.report["tvm"]["schedules"]["status"]
-
     results = []
     with ui.step(f"onnxruntime × {runs}"):
         ref, times, version = _ort(model, feeds, runs)
     results.append({"runtime": "onnxruntime", "device": f"host {platform.machine()}", "version": version,
                     "times_ms": times})
-    from ..backends.tvm import adapter
-
-    if native:
-        with ui.step(f"edgevit (TVM, {schedules}) × {runs}"):
-            got, times = adapter.time_local(library, list(feeds.values()), runs)
-        device = f"host {platform.machine()}"
-    else:
-        host, port = remote  # type: ignore[misc]
-        with ui.step(f"edgevit (TVM, {schedules}) × {runs} via RPC {host}:{port}"):
-            got, median = adapter.run_rpc(library, list(feeds.values()), host, port, repeat=runs)
-        times = [median]
-        device = f"{target.name} via RPC {host}:{port}"
-    results.insert(0, {"runtime": "edgevit (TVM)", "device": device, "version": f"TVM {adapter.versions()['tvm']}, "
-                       f"{schedules}", "times_ms": times, "max_abs_vs_onnxruntime": _max_abs(ref, got)})
+    # onnxruntime and PyTorch before the TVM build: TVM's thread pool (started by the build's own check run) keeps
+    # its workers spinning, which slowed PyTorch's threads 5-10x on a 2-core machine when timed after it.
     if source.is_torch:
         with ui.step(f"PyTorch × {runs}"):
             got, times, version = _torch(source, size, feeds, runs)
@@ -143,6 +126,27 @@ def run_bench(source, model: onnx.ModelProto, optimized: onnx.ModelProto, target
                         "times_ms": times, "max_abs_vs_onnxruntime": _max_abs(ref, got)})
     else:
         ui.console.print(f"[yellow]note:[/yellow] {source.spec} is an ONNX file: no PyTorch module to time")
+    build = out_dir / "build"
+    build.mkdir()
+    built = compile_model(optimized, target, build, name=name)
+    library = build / f"{name}.so"
+    schedules = built.report["tvm"]["schedules"]["status"]
+
+    from ..backends.tvm import adapter
+
+    if native:
+        with ui.step(f"edgevit (TVM, {schedules}) × {runs}"):
+            got, times = adapter.time_local(library, list(feeds.values()), runs)
+        device = f"host {platform.machine()}"
+    else:
+        host, port, key = (tuple(remote) + (None,))[:3]  # type: ignore[misc]
+        via = f"tracker {host}:{port} key {key}" if key else f"RPC {host}:{port}"
+        with ui.step(f"edgevit (TVM, {schedules}) × {runs} via {via}"):
+            got, median = adapter.run_rpc(library, list(feeds.values()), host, port, repeat=runs, key=key)
+        times = [median]
+        device = f"{target.name} via {via}"
+    results.insert(0, {"runtime": "edgevit (TVM)", "device": device, "version": f"TVM {adapter.versions()['tvm']}, "
+                       f"{schedules}", "times_ms": times, "max_abs_vs_onnxruntime": _max_abs(ref, got)})
 
     for r in results:
         r["times_ms"] = [round(t * 1e3, 4) for t in r["times_ms"]]
@@ -152,10 +156,21 @@ def run_bench(source, model: onnx.ModelProto, optimized: onnx.ModelProto, target
     for r in results:
         r["ratio_vs_onnxruntime"] = round(r["median_ms"] / ort_median, 3) if ort_median else None
 
+    from .opprofile import ort_op_profile, tvm_op_profile
+
+    tvm_ops = None
+    if native:
+        with ui.step(f"per-op profile of the TVM build × {min(runs, 5)}"):
+            tvm_ops = tvm_op_profile(library, feeds, min(runs, 5))
+    with ui.step(f"per-op profile (onnxruntime profiler on the optimized graph) × {min(runs, 10)}"):
+        ops = ort_op_profile(optimized, feeds, min(runs, 10))
+
     shape_text = ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in shapes.items())
     payload = {"model": source.spec, "target": target.name, "inputs": shapes, "runs": runs,
-               "schedules": built.report["tvm"]["schedules"], "remote": f"{remote[0]}:{remote[1]}" if remote else None,
-               "results": results}
+               "schedules": built.report["tvm"]["schedules"], "remote": ":".join(map(str, remote[:2])) + (f" (tracker, key {remote[2]})" if len(remote) > 2
+                                                                       and remote[2] else "") if remote else None,
+               "results": results, "op_breakdown": tvm_ops or ops, "op_breakdown_tvm": tvm_ops,
+               "op_breakdown_onnxruntime": ops}
     rows = [[r["runtime"], r["device"], f"{r['median_ms']:.3f}", f"{r['min_ms']:.3f}",
              f"{r['ratio_vs_onnxruntime']:.2f}×", f"{r['max_abs_vs_onnxruntime']:.2g}"
              if "max_abs_vs_onnxruntime" in r else "reference"] for r in results]
@@ -169,9 +184,31 @@ def run_bench(source, model: onnx.ModelProto, optimized: onnx.ModelProto, target
                      "PyTorch: a factory whose weights are not reproducible from torch.manual_seed(0)?).")
     if schedules == "untuned":
         notes.append(f"The TVM build is untuned: run `edgevit tune --target {target.name} {source.spec}` first.")
+    tvm_section = []
+    if tvm_ops:
+        tvm_section = [f"edgevit's TVM build ({tvm_ops['source']}; mean of {tvm_ops['runs']} runs after a warm-up, "
+                       f"{tvm_ops['total_ms']:.3f} ms in kernels), grouped by each fused kernel's leading op:", "",
+                       md_table(["op", "calls", "ms", "share"], [[r["op"], r["nodes"], f"{r['ms']:.3f}",
+                                                                  f"{r['share']:.1%}"] for r in tvm_ops["by_op"]]), "",
+                       "Heaviest TVM kernels:", "",
+                       md_table(["kernel (fused ops)", "ms", "share"],
+                                [[t["node"], f"{t['ms']:.3f}", f"{t['share']:.1%}"] for t in tvm_ops["top_nodes"]]), ""]
     md = "\n".join([f"# edgevit bench: {name} on {target.name}", "",
                     md_table(["runtime", "device", "median ms", "min ms", "vs onnxruntime", "max abs diff"], rows),
-                    "", *notes, "", f"![median latency]({name}.bench.png)"])
+                    "", *notes, "", f"![median latency]({name}.bench.png)", "",
+                    "## Per-op breakdown", "", *tvm_section,
+                    f"onnxruntime on edgevit's optimized graph ({ops['source']}; mean of {ops['runs']} runs after a "
+                    f"warm-up, {ops['total_ms']:.3f} ms of kernel time):", "",
+                    md_table(["op", "ORT kernels", "ms", "share"],
+                             [[r["op"], r["nodes"], f"{r['ms']:.3f}", f"{r['share']:.1%}"] for r in ops["by_op"]]),
+                    "", f"![per-op breakdown]({name}.ops.png)"])
     write_report(out_dir / f"{name}.onnx", "bench", payload, md)
     _chart(out_dir / f"{name}.bench.png", f"{name} on {target.name} ({shape_text}), TVM {schedules}", results)
+    from .charts import bars
+
+    shown = tvm_ops or ops
+    bars(out_dir / f"{name}.ops.png", f"{name}: per-op breakdown on this host ({shape_text})",
+         ("edgevit TVM build, Relax VM instrumentation; ms per inference by leading op of each fused kernel"
+          if tvm_ops else "onnxruntime profiler on edgevit's optimized graph (ORT optimizations off); ms per inference"),
+         [(r["op"], r["ms"], f"{r['ms']:.3f} ms ({r['share']:.0%}, {r['nodes']} calls)") for r in shown["by_op"]])
     return payload

@@ -122,6 +122,9 @@ def export(
         raise EdgevitError(f"--opset {opset} is out of range (7..23; 17 or newer recommended)")
     if exporter not in EXPORTERS:
         raise EdgevitError(f"unknown exporter '{exporter}' (choose from {', '.join(EXPORTERS)})")
+    from ..ir import limits
+
+    limits.check_input(batch, input_size)
     timings: dict[str, float] = {}
     if source.is_torch:
         return _export_torch(source, input_size, batch, opset, tolerance, samples, exporter, timings)
@@ -177,10 +180,13 @@ def _export_torch(source, input_size, batch, opset, tolerance, samples, exporter
 
 
 def _export_onnx(source, input_size, batch, tolerance, samples, timings) -> ExportResult:
+    from ..ir import limits
+
     original = G.load_onnx(source.path)
     t = time.perf_counter()
     with ui.step("make static, simplify (onnxsim) and check"):
         shapes = G.static_input_shapes(original, batch=batch, input_size=input_size)
+        limits.check(original, shapes)
         model = simplify(original, shapes)
         _check(model)
     timings["simplify"] = time.perf_counter() - t

@@ -49,12 +49,100 @@ def load_onnx(path: str | Path, check: bool = True) -> onnx.ModelProto:
         ) from None
     if not model.HasField("graph") or len(model.graph.node) == 0:
         raise EdgevitError(f"{path}: not an ONNX model (no graph nodes found); truncated or not ONNX?")
+    _load_external_data(model, path)
+    _check_tensors(model, path)
     if check:
         try:
             onnx.checker.check_model(model, full_check=False)
         except Exception as exc:
             raise EdgevitError(f"{path}: invalid ONNX model: {_first_line(exc)}") from None
     return model
+
+
+# Tensors a user's file may declare: beyond these an element count is refused before anything allocates.
+MAX_TENSOR_ELEMENTS = 1 << 31
+
+
+def _all_tensors(model: onnx.ModelProto) -> list[tuple[onnx.TensorProto, str]]:
+    """(tensor, where) for initializers and tensor-valued attributes, in the graph and in function bodies."""
+    from onnx import external_data_helper
+
+    found = [(t, "tensor") for t in external_data_helper._get_all_tensors(model)]
+    found += [(t, "sparse initializer") for s in model.graph.sparse_initializer for t in (s.values, s.indices)]
+    return found
+
+
+def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
+    """Read external-data tensors, which must live in regular files inside the model's own folder."""
+    from onnx import external_data_helper
+
+    tensors = [t for t, _ in _all_tensors(model) if t.data_location == onnx.TensorProto.EXTERNAL]
+    if not tensors:
+        return
+    base = path.resolve().parent
+    for t in tensors:
+        entries = {e.key: e.value for e in t.external_data}
+        location = entries.get("location", "")
+        if not location or "\x00" in location:
+            raise EdgevitError(f"{path}: tensor '{t.name}' uses external data without a file location")
+        where = Path(location)
+        resolved = (base / where).resolve()
+        if where.is_absolute() or ".." in where.parts or not resolved.is_relative_to(base):
+            raise EdgevitError(f"{path}: tensor '{t.name}' has external data at '{location}', outside the model's "
+                               f"folder {base}; refusing to read it (external data must sit beside the model)")
+        if not resolved.is_file():
+            raise EdgevitError(f"{path}: tensor '{t.name}': external data file '{location}' not found beside the model")
+        try:
+            offset, length = int(entries.get("offset", 0)), entries.get("length")
+            length = None if length is None else int(length)
+        except ValueError:
+            raise EdgevitError(f"{path}: tensor '{t.name}': external data offset/length are not integers") from None
+        size = resolved.stat().st_size
+        if offset < 0 or (length is not None and length < 0) or offset + (length or 0) > size:
+            raise EdgevitError(f"{path}: tensor '{t.name}': external data range offset={offset} length={length} "
+                               f"lies outside '{location}' ({size} bytes)")
+    try:
+        external_data_helper.load_external_data_for_model(model, str(base))
+    except Exception as exc:
+        raise EdgevitError(f"{path}: cannot read external data: {_first_line(exc)}") from None
+
+
+def _check_tensors(model: onnx.ModelProto, path: Path) -> None:
+    """Every stored tensor has sane dims and exactly the data its dims and type call for.
+
+    A mismatch would otherwise surface much later as a numpy reshape error (or a huge allocation).
+    """
+    for t, where in _all_tensors(model):
+        dims = list(t.dims)
+        label = f"{path}: {where} '{t.name}'"
+        if any(d < 0 for d in dims):
+            raise EdgevitError(f"{label} has negative dims {dims}")
+        numel = int(np.prod(dims, dtype=object)) if dims else 1
+        if numel > MAX_TENSOR_ELEMENTS:
+            raise EdgevitError(f"{label} declares {numel} elements (dims {dims}), over the limit of "
+                               f"{MAX_TENSOR_ELEMENTS}; refusing it")
+        if t.data_type == onnx.TensorProto.UNDEFINED or t.data_type not in onnx.TensorProto.DataType.values():
+            raise EdgevitError(f"{label} has an undefined element type ({t.data_type})")
+        if t.data_type in (onnx.TensorProto.STRING,):
+            continue  # variable-size elements; the checker and the backends deal with strings
+        if t.HasField("raw_data") or t.raw_data:
+            itemsize = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+            packed = t.data_type in _SUB_BYTE_TYPES
+            expected = (numel + 1) // 2 if packed else numel * itemsize
+            if len(t.raw_data) != expected:
+                raise EdgevitError(f"{label}: dims {dims} need {expected} bytes of "
+                                   f"{onnx.TensorProto.DataType.Name(t.data_type)} data, the file holds "
+                                   f"{len(t.raw_data)}")
+        else:
+            field = onnx.helper.tensor_dtype_to_field(t.data_type)
+            count = len(getattr(t, field))
+            if t.data_type in (onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128):
+                count //= 2
+            if count != numel and not (count == 0 and numel == 0):
+                raise EdgevitError(f"{label}: dims {dims} need {numel} values, the file holds {count}")
+
+
+_SUB_BYTE_TYPES = {getattr(onnx.TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1") if hasattr(onnx.TensorProto, n)}
 
 
 def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
@@ -103,6 +191,8 @@ def static_input_shapes(
                 d = batch
             elif len(dims) == 4 and axis in (2, 3) and input_size is not None:
                 d = input_size[axis - 2]
+            if isinstance(d, int) and d < 0:
+                raise EdgevitError(f"input '{vi.name}' has a negative dim {axis} ({dims}); inputs need positive dims")
             if not isinstance(d, int) or d <= 0:
                 if axis == 0:
                     d = 1  # a symbolic batch dimension defaults to 1

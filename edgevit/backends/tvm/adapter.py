@@ -154,14 +154,19 @@ def run_local(library: Path | object, inputs: list[np.ndarray]) -> list[np.ndarr
 
 
 def run_rpc(library: Path, inputs: list[np.ndarray], host: str, port: int,
-            repeat: int = 3) -> tuple[list[np.ndarray], float]:
-    """Upload `library` to a TVM RPC server, run it there; (outputs, median latency in seconds)."""
+            repeat: int = 3, key: str | None = None) -> tuple[list[np.ndarray], float]:
+    """Upload `library` to a TVM RPC server (or a device the tracker at host:port hands out for `key`), run it
+    there; (outputs, median latency in seconds)."""
     from tvm import rpc
 
     try:
-        remote = rpc.connect(host, port, session_timeout=600)
+        if key:
+            remote = rpc.connect_tracker(host, port).request(key, priority=1, session_timeout=600)
+        else:
+            remote = rpc.connect(host, port, session_timeout=600)
     except Exception as exc:
-        raise EdgevitError(f"cannot connect to the TVM RPC server at {host}:{port}: {exc}") from None
+        where = f"a '{key}' device from the TVM RPC tracker" if key else "the TVM RPC server"
+        raise EdgevitError(f"cannot get {where} at {host}:{port}: {exc}") from None
     remote.upload(str(library))
     lib = remote.load_module(Path(library).name)
     dev = remote.cpu()
@@ -271,3 +276,29 @@ def time_local(library: Path, inputs: list[np.ndarray], runs: int, warmup: int =
         vm["main"](*args)
         times.append(time.perf_counter() - start)
     return outputs, times
+
+
+def profile_local(library: Path, inputs: list[np.ndarray], runs: int = 3) -> list[dict]:
+    """Per compiled function (fused TIR kernel / VM builtin): calls and seconds per inference, from the Relax
+    VM's call instrumentation (a host-arch library; one warm-up run is not counted)."""
+    import time
+
+    vm = relax.VirtualMachine(tvm.runtime.load_module(str(library)), tvm.cpu())
+    args = [tvm.runtime.tensor(a) for a in inputs]
+    vm["main"](*args)
+    totals: dict[str, list] = {}
+    started: dict[str, float] = {}
+
+    def instrument(func, symbol, before_run, ret_value, *_):
+        if before_run:
+            started[symbol] = time.perf_counter()
+        else:
+            row = totals.setdefault(symbol, [0, 0.0])
+            row[0] += 1
+            row[1] += time.perf_counter() - started.pop(symbol, time.perf_counter())
+        return 0  # VMInstrumentReturnKind.NO_OP: run the call as usual
+
+    vm.set_instrument(instrument)
+    for _ in range(runs):
+        vm["main"](*args)
+    return [{"function": s, "calls": c // runs, "seconds": t / runs} for s, (c, t) in totals.items()]
