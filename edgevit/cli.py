@@ -199,9 +199,11 @@ def cmd_optimize(args) -> int:
 
 # --------------------------------------------------------------------------------------------- quantize
 def cmd_quantize(args) -> int:
+    from .artifacts import check_output_dir
     from .quant import run_quantize
 
     output = Path(args.output)
+    check_output_dir(output)
     if args.calib and not Path(args.calib).exists():  # fail before any export work
         raise EdgevitError(f"--calib {args.calib}: no such file or folder (give a folder of images or a .npy)")
     payload = run_quantize(args.model, output, args.calib, args.method,
@@ -234,10 +236,12 @@ def cmd_compile(args) -> int:
     import importlib
 
     from . import targets
-    from .artifacts import atomic_dir, write_report
+    from .artifacts import atomic_dir, check_output_dir, normalize_mlpackage, write_report
     from .passes import pipeline
 
     target = targets.load(args.target)  # unknown target: fail before any model work
+    if args.output:
+        check_output_dir(Path(args.output))
     backend = importlib.import_module(f"edgevit.backends.{target.backend}")
     for backend_name, options in (("mcu", ("sram", "flash", "calib")),
                                   ("coreml", ("precision", "image_input", "labels", "weights"))):
@@ -249,9 +253,12 @@ def cmd_compile(args) -> int:
         backend.check_args(target, args)
     source, model = _load_for_analysis(args)
     out_dir = Path(args.output or f"out/{source.name}-{target.name}")
+    check_output_dir(out_dir)
     optimized, pass_report = pipeline.run(model, pipeline.select(_csv(args.passes), _csv(args.skip)))
     with atomic_dir(out_dir) as tmp:
         result = backend.compile_model(optimized, target, tmp, name=source.name, args=args)
+        for package in sorted(tmp.glob("*.mlpackage")):  # coremltools writes random UUIDs, hash-ordered maps
+            normalize_mlpackage(package)
         payload = {"model": source.spec, "target": target.name, "backend": target.backend,
                    "passes": pass_report.as_dict(), **result.report}
         write_report(tmp / f"{source.name}.onnx", "compile", payload, result.markdown)
@@ -334,39 +341,42 @@ def cmd_bench(args) -> int:
     return 0
 
 
-def _bench_mcu(args, target) -> int:
+def _bench_optimized(args, target, why_no_rpc: str, run) -> dict:
+    """Shared by the MCU and iPhone benches: no RPC, load + optimize MODEL, `run(source, optimized, tmp)` into
+    an atomic out/bench/<model>-<target>/ folder."""
     from .artifacts import atomic_dir
-    from .bench.mcu import run_mcu_bench
     from .passes import pipeline
 
     if args.rpc or args.tracker:
-        raise EdgevitError(f"--rpc/--tracker are for TVM boards; {target.name} is benchmarked on QEMU (instruction counts)")
+        raise EdgevitError(f"--rpc/--tracker are for TVM boards; {target.name} {why_no_rpc}")
     source, model = _load_for_analysis(args)
     out_dir = Path(args.output or f"out/bench/{source.name}-{target.name}")
     optimized, _ = pipeline.run(model, pipeline.select(_csv(args.passes), _csv(args.skip)))
     with atomic_dir(out_dir) as tmp:
-        r = run_mcu_bench(optimized, target, tmp, source.name, args)
-    ui.console.print(f"[bold]wrote[/bold] {out_dir}/ ({r['instructions'] / 1e6:.2f} M instructions, "
+        result = run(source, optimized, tmp)
+    result["_out_dir"] = out_dir
+    return result
+
+
+def _bench_mcu(args, target) -> int:
+    from .bench.mcu import run_mcu_bench
+
+    r = _bench_optimized(args, target, "is benchmarked on QEMU (instruction counts)",
+                         lambda source, optimized, tmp: run_mcu_bench(optimized, target, tmp, source.name, args))
+    ui.console.print(f"[bold]wrote[/bold] {r['_out_dir']}/ ({r['instructions'] / 1e6:.2f} M instructions, "
                      f"{r['macs_per_instruction']:.2f} MAC/instr, estimated {r['estimated_ms']} ms at "
                      f"{r['clock_hz'] / 1e6:.0f} MHz, peak SRAM {r['peak_sram'] / 1024:.1f} KB)")
     return 0
 
 
 def _bench_iphone(args, target) -> int:
-    from .artifacts import atomic_dir
     from .bench.ios import run_iphone_bench
-    from .passes import pipeline
 
-    if args.rpc or args.tracker:
-        raise EdgevitError(f"--rpc/--tracker are for TVM boards; {target.name} latency is predicted here (measured on macOS)")
-    source, model = _load_for_analysis(args)
-    out_dir = Path(args.output or f"out/bench/{source.name}-{target.name}")
-    optimized, _ = pipeline.run(model, pipeline.select(_csv(args.passes), _csv(args.skip)))
-    with atomic_dir(out_dir) as tmp:
-        r = run_iphone_bench(source, optimized, target, tmp, args)
+    r = _bench_optimized(args, target, "latency is predicted here (measured on macOS)",
+                         lambda source, optimized, tmp: run_iphone_bench(source, optimized, target, tmp, args))
     lo, hi = r["band_ms"]
     measured = f"; measured on this Mac {r['measured_ms']:.3f} ms" if r.get("measured_ms") is not None else ""
-    ui.console.print(f"[bold]wrote[/bold] {out_dir}/ (PREDICTED {r['predicted_ms']:.3f} ms on {target.name} "
+    ui.console.print(f"[bold]wrote[/bold] {r['_out_dir']}/ (PREDICTED {r['predicted_ms']:.3f} ms on {target.name} "
                      f"[{r['chip']}], band {lo:.3f}–{hi:.3f} ms; predictor leave-one-out error "
                      f"{r['predictor']['loo_mape_pct']:.1f} %{measured})")
     return 0
@@ -531,6 +541,16 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help(sys.stderr)
         return 2
+    import signal
+
+    def _terminate(signum, frame):  # SIGTERM cleans up like Ctrl-C: temporary outputs are removed
+        raise KeyboardInterrupt
+
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        try:
+            signal.signal(signal.SIGTERM, _terminate)
+        except ValueError:  # main() called from a non-main thread: leave signals alone
+            pass
     try:
         return args.func(args)
     except EdgevitError as exc:

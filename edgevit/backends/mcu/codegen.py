@@ -77,9 +77,39 @@ def _broadcast_strides(shape: list[int], out: list[int], node: QNode) -> list[in
     return result
 
 
+def weight16_layout(rows: np.ndarray) -> np.ndarray:
+    """EV_WEIGHT16 (ev_kernels.h) of weight rows (n, k): each row's blocks of 4 as (w0, w2, w1, w3), the k % 4
+    tail in order, a 0 when k is odd."""
+    rows = np.asarray(rows).reshape(rows.shape[0], -1).astype(np.int16)
+    n, k = rows.shape
+    k4 = k & ~3
+    out = np.zeros((n, (k + 1) & ~1), np.int16)
+    out[:, :k4] = rows[:, :k4].reshape(n, -1, 4)[:, :, [0, 2, 1, 3]].reshape(n, k4)
+    out[:, k4:k] = rows[:, k4:]
+    return out
+
+
+def _weight_defs(sym: str, weight, bias, mult, shift, wide: bool) -> tuple[dict, list[str]]:
+    """Struct fields and const arrays of a conv2d / linear layer: int8 weights, or int16 (weight16) ones."""
+    if wide:
+        arrays = [c_array("int16_t", f"{sym}_weight16", weight16_layout(weight))]
+        refs = {"weight": "NULL"}
+    else:
+        arrays = [c_array("int8_t", f"{sym}_weight", weight)]
+        refs = {"weight": f"{sym}_weight"}
+    arrays += [c_array("int32_t", f"{sym}_bias", bias), c_array("int32_t", f"{sym}_mult", mult),
+               c_array("int32_t", f"{sym}_shift", shift)]
+    refs.update(bias=f"{sym}_bias", mult=f"{sym}_mult", shift=f"{sym}_shift",
+                weight16=f"{sym}_weight16" if wide else "NULL")
+    return refs, arrays
+
+
 class _Lowering:
-    def __init__(self, q: QuantizedModel):
+    def __init__(self, q: QuantizedModel, wide_weights: bool = False):
+        """wide_weights: conv2d (except depthwise) and linear weights as int16 in flash (EV_WEIGHT16: twice the
+        bytes of the int8 weights, which are then not emitted; fewer instructions per MAC)."""
         self.q = q
+        self.wide_weights = wide_weights
         self.steps: list[planner.Step] = []
         self.calls: list[Call] = []
 
@@ -110,14 +140,18 @@ class _Lowering:
                       stride_w=a["strides"][1], pad_t=pt, pad_l=pl, dil_h=a["dilations"][0], dil_w=a["dilations"][1],
                       group=a["group"], x_zp=a["x_zp"], out_zp=a["out_zp"])
 
+        wide = self.wide_weights and not (a["group"] == c == cout)  # depthwise reads the int8 weights
+
         def emit(ptr, sym):
-            defs = [c_array("int8_t", f"{sym}_weight", p["weight"]), c_array("int32_t", f"{sym}_bias", p["bias"]),
-                    c_array("int32_t", f"{sym}_mult", p["mult"]), c_array("int32_t", f"{sym}_shift", p["shift"])]
-            body = [_struct("ev_conv2d_t", sym, {**fields, "weight": f"{sym}_weight", "bias": f"{sym}_bias",
-                                                  "mult": f"{sym}_mult", "shift": f"{sym}_shift"}),
-                    f"ev_conv2d(&{sym}, {ptr(n.inputs[0])}, {ptr(n.outputs[0])}, {ptr('#scratch')});"]
-            return body, defs
-        self.add(n, emit, scratch=12 * cg * kh * kw, macs=nb * cout * oh * ow * cg * kh * kw)
+            refs, defs = _weight_defs(sym, p["weight"], p["bias"], p["mult"], p["shift"], wide)
+            return [_struct("ev_conv2d_t", sym, {**fields, **refs}),
+                    f"ev_conv2d(&{sym}, {ptr(n.inputs[0])}, {ptr(n.outputs[0])}, {ptr('#scratch')});"], defs
+        if a["group"] == c == cout:  # depthwise: one padded channel plane (EV_DEPTHWISE_SCRATCH_BYTES)
+            sh, sw, dh, dw = a["strides"][0], a["strides"][1], a["dilations"][0], a["dilations"][1]
+            scratch = ((oh - 1) * sh + (kh - 1) * dh + 1) * (((ow - 1) * sw + (kw - 1) * dw + 5) & ~3)
+        else:
+            scratch = 12 * cg * kh * kw
+        self.add(n, emit, scratch=scratch, macs=nb * cout * oh * ow * cg * kh * kw)
 
     def linear(self, n: QNode) -> None:
         a, p = n.attrs, n.params
@@ -126,14 +160,13 @@ class _Lowering:
         weight_t = np.ascontiguousarray(p["weight"].T)  # (n, k): contiguous rows for the dot products
         fields = dict(rows=rows, k=k, n=nout, x_zp=a["x_zp"], out_zp=a["out_zp"])
 
+        wide = self.wide_weights
+
         def emit(ptr, sym):
-            defs = [c_array("int8_t", f"{sym}_weight", weight_t), c_array("int32_t", f"{sym}_bias", p["bias"]),
-                    c_array("int32_t", f"{sym}_mult", np.broadcast_to(p["mult"], (nout,))),
-                    c_array("int32_t", f"{sym}_shift", np.broadcast_to(p["shift"], (nout,)))]
-            body = [_struct("ev_linear_t", sym, {**fields, "weight": f"{sym}_weight", "bias": f"{sym}_bias",
-                                                  "mult": f"{sym}_mult", "shift": f"{sym}_shift"}),
-                    f"ev_linear(&{sym}, {ptr(n.inputs[0])}, {ptr(n.outputs[0])}, {ptr('#scratch')});"]
-            return body, defs
+            refs, defs = _weight_defs(sym, weight_t, p["bias"], np.broadcast_to(p["mult"], (nout,)),
+                                      np.broadcast_to(p["shift"], (nout,)), wide)
+            return [_struct("ev_linear_t", sym, {**fields, **refs}),
+                    f"ev_linear(&{sym}, {ptr(n.inputs[0])}, {ptr(n.outputs[0])}, {ptr('#scratch')});"], defs
         self.add(n, emit, scratch=8 * k, share="rows", share_inputs=(0,), rows=(rows, k, nout), macs=rows * k * nout)
 
     def matmul(self, n: QNode) -> None:
@@ -348,11 +381,12 @@ class _Lowering:
         return self
 
 
-def lower(q: QuantizedModel) -> tuple[planner.Schedule, list[Call]]:
-    """The planner's view of `q` and the C emitter of each node, in the model's node order."""
+def lower(q: QuantizedModel, wide_weights: bool = False) -> tuple[planner.Schedule, list[Call]]:
+    """The planner's view of `q` and the C emitter of each node, in the model's node order. wide_weights: int16
+    conv2d / linear weights (see _Lowering)."""
     if len(q.outputs) != 1:
         raise EdgevitError(f"the MCU backend takes models with one output, this one has {len(q.outputs)}")
-    low = _Lowering(q).run()
+    low = _Lowering(q, wide_weights).run()
     sizes = {t: _prod(s) for t, s in q.shapes.items() if t not in q.consts}
     return planner.Schedule(low.steps, sizes, {q.input}, list(q.outputs)), low.calls
 

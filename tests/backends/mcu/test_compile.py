@@ -195,3 +195,23 @@ def test_gcc_analyzer_and_valgrind_are_clean(projects, name, tmp_path):
                        capture_output=True, timeout=300)
     assert r.returncode == 0, r.stderr.decode()[-2000:]
     assert r.stdout == b"".join(references(q, inputs))
+
+
+@needs_qemu
+def test_int16_weights_when_flash_allows_else_int8(tmp_path, monkeypatch):
+    """Doubled (int16) conv/linear weights are used when they fit the flash budget; when the link says they do
+    not, compile falls back to int8 weights instead of failing."""
+    import edgevit.backends.mcu as mcu
+    from edgevit.cli import main
+
+    assert main(["compile", "--target", "stm32f746", "mcu_deit", "-o", str(tmp_path / "wide")]) == 0
+    wide = json.loads((tmp_path / "wide" / "mcu_deit.compile.json").read_text())["mcu"]["memory"]
+    assert wide["int16_weights"] and "const int16_t" in (tmp_path / "wide" / "weights.c").read_text()
+
+    monkeypatch.setattr(mcu, "CODE_ESTIMATE", 0)  # the estimate says int16 fits; only the link can tell
+    budget = wide["flash"] - 1024
+    assert main(["compile", "--target", "stm32f746", "mcu_deit", "-o", str(tmp_path / "narrow"),
+                 "--flash", str(budget)]) == 0
+    narrow = json.loads((tmp_path / "narrow" / "mcu_deit.compile.json").read_text())["mcu"]["memory"]
+    assert not narrow["int16_weights"] and narrow["flash"] < budget
+    assert "_weight16" not in (tmp_path / "narrow" / "weights.h").read_text()

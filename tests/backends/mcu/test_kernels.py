@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 import edgevit
+from edgevit.backends.mcu.codegen import weight16_layout
 from edgevit.quant import integer_ops as K
 from edgevit.quant.scheme import quantize_multiplier
 
@@ -53,8 +54,8 @@ def mults(real) -> tuple[np.ndarray, np.ndarray]:
 # ---- C struct layouts (ev_kernels.h field order) -------------------------------------------------------
 STRUCTS = {
     "ev_conv2d_t": "n c h w cout oh ow kh kw stride_h stride_w pad_t pad_l dil_h dil_w group x_zp out_zp "
-                   "*weight *bias *mult *shift",
-    "ev_linear_t": "rows k n x_zp out_zp *weight *bias *mult *shift",
+                   "*weight *bias *mult *shift *weight16",
+    "ev_linear_t": "rows k n x_zp out_zp *weight *bias *mult *shift *weight16",
     "ev_matmul_t": "batch m k n a_batch_stride b_batch_stride a_zp b_zp out_zp mult shift",
     "ev_broadcast_t": "rank shape[6] a_strides[6] b_strides[6]",
     "ev_add_t": "dims:ev_broadcast_t a_zp b_zp out_zp a_mult a_shift b_mult b_shift out_mult out_shift",
@@ -190,8 +191,11 @@ def check(lib, case: Case) -> None:
 
 
 # ---- builders (numpy reference side) ---------------------------------------------------------------------
+weight16 = weight16_layout  # the layout the code generator emits (EV_WEIGHT16)
+
+
 def conv_case(rng, n, c, h, w, cout, kernel, stride=(1, 1), pads=(0, 0, 0, 0), dil=(1, 1), group=1,
-              x_zp=0, out_zp=0, bias=True, negative=False, gain=1.0, wild=False) -> Case:
+              x_zp=0, out_zp=0, bias=True, negative=False, gain=1.0, wild=False, wide=False) -> Case:
     kh, kw = kernel
     cg = c // group
     x = i8(rng, (n, c, h, w))
@@ -207,11 +211,16 @@ def conv_case(rng, n, c, h, w, cout, kernel, stride=(1, 1), pads=(0, 0, 0, 0), d
     oh, ow = ref.shape[2:]
     p = dict(n=n, c=c, h=h, w=w, cout=cout, oh=oh, ow=ow, kh=kh, kw=kw, stride_h=stride[0], stride_w=stride[1],
              pad_t=pads[0], pad_l=pads[1], dil_h=dil[0], dil_w=dil[1], group=group, x_zp=x_zp, out_zp=out_zp,
-             weight=wq, bias=b if bias else None, mult=m, shift=s)
-    return Case("ev_conv2d", [S("ev_conv2d_t", p), In(x), Out(ref.size), Scratch(12 * cg * kh * kw)], ref)
+             weight=None if wide and not group == c == cout else wq, bias=b if bias else None, mult=m, shift=s,
+             weight16=weight16(wq) if wide else None)
+    if group == c == cout:  # EV_DEPTHWISE_SCRATCH_BYTES: one zero-point-padded channel plane
+        scratch = ((oh - 1) * stride[0] + (kh - 1) * dil[0] + 1) * (((ow - 1) * stride[1] + (kw - 1) * dil[1] + 5) & ~3)
+    else:
+        scratch = 12 * cg * kh * kw
+    return Case("ev_conv2d", [S("ev_conv2d_t", p), In(x), Out(ref.size), Scratch(scratch)], ref)
 
 
-def linear_case(rng, rows, k, n, x_zp=0, out_zp=0, bias=True, negative=False, wild=False) -> Case:
+def linear_case(rng, rows, k, n, x_zp=0, out_zp=0, bias=True, negative=False, wild=False, wide=False) -> Case:
     x = i8(rng, (rows, k))
     w = rng.integers(-127, 128, (k, n)).astype(np.int8)  # integer_ops layout (k, n)
     b = rng.integers(-20000, 20000, n).astype(np.int32) if bias else np.zeros(n, np.int32)
@@ -222,8 +231,8 @@ def linear_case(rng, rows, k, n, x_zp=0, out_zp=0, bias=True, negative=False, wi
     if wild:
         (m, s), b = wild_mults(rng, n), wild_bias(rng, n)
     ref = K.linear(x, x_zp, w, b, m, s, out_zp)
-    p = dict(rows=rows, k=k, n=n, x_zp=x_zp, out_zp=out_zp, weight=np.ascontiguousarray(w.T),
-             bias=b if bias else None, mult=m, shift=s)
+    p = dict(rows=rows, k=k, n=n, x_zp=x_zp, out_zp=out_zp, weight=None if wide else np.ascontiguousarray(w.T),
+             bias=b if bias else None, mult=m, shift=s, weight16=weight16(w.T) if wide else None)
     return Case("ev_linear", [S("ev_linear_t", p), In(x), Out(ref.size), Scratch(8 * k)], ref)
 
 
@@ -455,6 +464,13 @@ CONV = {  # n, c, h, w, cout, kernel, kwargs
     "dw_wild_requant": (1, 24, 4, 4, 24, (3, 3), dict(pads=(1, 1, 1, 1), group=24, x_zp=127, wild=True)),
     "pointwise_groups2_tail1": (1, 8, 3, 3, 6, (1, 1), dict(group=2, x_zp=-3, out_zp=9)),  # 9 pixels: 4 + 4 + 1
     "pointwise_s2": (1, 8, 7, 6, 10, (1, 1), dict(stride=(2, 2), x_zp=5)),  # 1×1 but strided: im2col path
+    # depthwise padded plane: odd / even widths, stride_w 1, 2 and 3, stride_h ≠ stride_w, no pad, pads beyond
+    # the windows, an input wider than the windows need
+    "dw3x3_s1_nopad_odd": (1, 4, 6, 9, 4, (3, 3), dict(group=4, x_zp=-128, out_zp=-7)),
+    "dw3x3_s2_even_out": (2, 3, 8, 10, 3, (3, 3), dict(stride=(2, 2), pads=(1, 1, 1, 1), group=3, x_zp=40)),
+    "dw3x3_s21_pad2": (1, 3, 7, 6, 3, (3, 3), dict(stride=(2, 1), pads=(2, 2, 0, 1), group=3, x_zp=-1)),
+    "dw3x3_s3_unused_cols": (1, 2, 8, 11, 2, (3, 3), dict(stride=(3, 3), group=2, x_zp=13, negative=True)),
+    "dw3x3_1x1_image": (1, 5, 1, 1, 5, (3, 3), dict(pads=(1, 1, 1, 1), group=5, x_zp=127, out_zp=-128)),
 }
 
 
@@ -462,6 +478,13 @@ CONV = {  # n, c, h, w, cout, kernel, kwargs
 def test_conv2d(lib, name):
     n, c, h, w, cout, kernel, kw = CONV[name]
     check(lib, conv_case(rng_for("conv", name), n, c, h, w, cout, kernel, **kw))
+
+
+@pytest.mark.parametrize("name", list(CONV))
+def test_conv2d_weight16(lib, name):
+    """The same with int16 pre-expanded weights (weight NULL; depthwise ignores weight16 and keeps weight)."""
+    n, c, h, w, cout, kernel, kw = CONV[name]
+    check(lib, conv_case(rng_for("conv", name), n, c, h, w, cout, kernel, wide=True, **kw))
 
 
 def test_conv2d_detects_a_wrong_multiplier(lib):
@@ -488,14 +511,16 @@ def test_conv2d_detects_a_wrong_multiplier(lib):
 ])
 def test_linear(lib, rows, k, n, kw):
     check(lib, linear_case(rng_for("linear", rows, k, n), rows, k, n, **kw))
+    check(lib, linear_case(rng_for("linear16", rows, k, n), rows, k, n, wide=True, **kw))  # int16 weights
 
 
 @pytest.mark.parametrize("rows,k,n", [(6, 16, 16), (5, 24, 7), (4, 9, 9), (3, 10, 1)])
 def test_linear_in_place(lib, rows, k, n):
     """Token overwriting: y == x when n ≤ k (the header's aliasing contract)."""
-    case = linear_case(rng_for("linear-ip", rows, k, n), rows, k, n, x_zp=-17, out_zp=4)
-    case.alias = 1
-    check(lib, case)
+    for wide in (False, True):
+        case = linear_case(rng_for("linear-ip", rows, k, n), rows, k, n, x_zp=-17, out_zp=4, wide=wide)
+        case.alias = 1
+        check(lib, case)
 
 
 @pytest.mark.parametrize("batch,m,k,n,kw", [
@@ -542,6 +567,7 @@ def requant_extreme_cases(rng) -> list[Case]:
     cases += [mul_case(rng, (3, 5), (5,), wild=True) for _ in range(6)]
     cases += [layernorm_case(rng, 3, 40, wild=True), layernorm_case(rng, 2, 2, wild=True)]
     cases += [add_case(rng, (4, 6), (4, 6), wild=True) for _ in range(6)]
+    cases += [add_fast_case(rng, t) for t in range(8)]
     cases += [pool_case(rng, "avg", 1, 2, 6, 6, (3, 3), (1, 1), (1, 1, 1, 1), x_zp=-128, out_zp=int(z), wild=True)
               for z in rng.integers(-128, 128, 6)]
     cases += [reduce_mean_case(rng, (2, 30, 3), (1,), x_zp=127, out_zp=int(z), wild=True)
@@ -552,6 +578,29 @@ def requant_extreme_cases(rng) -> list[Case]:
 def test_requantization_extremes(lib):
     for case in requant_extreme_cases(rng_for("extremes")):
         check(lib, case)
+
+
+def add_fast_case(rng, t: int) -> Case:
+    """ev_add's SMMULR input scaling (e ∈ [−31, 0], any M but INT32_MIN) on every int8 value of both operands, with
+    multipliers at the extremes and random ones; out (M, e) on and off the SMLAL requantization."""
+    a = np.arange(-128, 128).astype(np.int8)
+    b = rng.permutation(a)
+    za, zb, zo = (int(v) for v in rng.integers(-128, 128, 3))
+    ms = [int(rng.choice([I32_MAX, I32_MIN + 1, -1, 0, 1, 1 << 30, int(rng.integers(I32_MIN + 1, I32_MAX))]))
+          for _ in range(2)]
+    sh = [0 if t % 4 == 0 else int(rng.integers(-31, 1)) for _ in range(2)]
+    om, osh = wild_mult(rng) if t % 3 == 0 else (int(rng.integers(1 << 30, I32_MAX)), int(rng.integers(-23, -1)))
+    ref = K.add(a, za, b, zb, ms[0], sh[0], ms[1], sh[1], om, osh, zo)
+    dims, _ = bcast_dims((256,), (256,))
+    p = dict(dims=dims, a_zp=za, b_zp=zb, out_zp=zo, a_mult=ms[0], a_shift=sh[0], b_mult=ms[1], b_shift=sh[1],
+             out_mult=om, out_shift=osh)
+    return Case("ev_add", [S("ev_add_t", p), In(a), In(b), Out(256)], ref)
+
+
+def test_add_fast_inputs_exhaustive(lib):
+    rng = rng_for("add-fast")
+    for t in range(40):
+        check(lib, add_fast_case(rng, t))
 
 
 def test_add_mul_in_place(lib):
@@ -713,7 +762,7 @@ def _lit(v: int, wide=False) -> str:
 
 def _array(name: str, a: np.ndarray) -> str:
     body = ",".join(_lit(v) for v in a.reshape(-1)) or "0"
-    return f"static const {C_TYPES[a.dtype]} {name}[] = {{{body}}};\n"
+    return f"static const {C_TYPES[a.dtype]} {name}[] __attribute__((aligned(4))) = {{{body}}};\n"
 
 
 def _struct_init(tname: str, values: dict, prefix: str, decls: list) -> str:
@@ -865,6 +914,21 @@ def check_driver_output(stdout: str, cases: list[Case]) -> None:
         assert np.array_equal(out, exp), (f"c{i}", case.fn, np.flatnonzero(out != exp)[:10])
 
 
+def dw_bias_edge_case(rng) -> Case:
+    """Depthwise 3×3 with biases right at and just past the limit where sum + bias could saturate (the SIMD path
+    starts the sum at the bias only below it)."""
+    case = conv_case(rng, 1, 8, 5, 7, 8, (3, 3), pads=(1, 1, 1, 1), group=8, x_zp=-128, negative=True)
+    p = case.args[0].values
+    wq = p["weight"].astype(np.int64)
+    bound = 255 * np.abs(wq).reshape(8, -1).sum(1)
+    b = np.array([I32_MAX - bound[0], I32_MAX - bound[1] + 1, I32_MIN + bound[2], I32_MIN + bound[3] - 1,
+                  I32_MAX, I32_MIN, 0, -5], np.int64).astype(np.int32)
+    p["bias"] = b
+    x = case.args[1].a
+    case.expected = K.conv2d(x, -128, p["weight"], b, p["mult"], p["shift"], 0, (1, 1), (1, 1, 1, 1), (1, 1), 8)
+    return case
+
+
 def simd_cases() -> list[Case]:
     """conv2d (4-pixel blocks + short last blocks, odd receptive fields, pointwise), depthwise, linear (4-row
     blocks + tails), matmul (4-column blocks + tails, odd k)."""
@@ -892,6 +956,29 @@ def simd_cases() -> list[Case]:
         conv_case(rng, 1, 20, 3, 5, 9, (1, 1), x_zp=-100, out_zp=7),
         conv_case(rng, 1, 8, 3, 3, 6, (1, 1), group=2, x_zp=-3),
         linear_case(rng, 7, 44, 5, x_zp=3),  # k ≡ 4 mod 8: the dot's single 4-step after the unrolled pairs
+        # depthwise 3×3 SMLAD paths: stride_w 1 (pairs sharing a word, odd last output) and 2, stride_h 2,
+        # no padding, a 1-pixel image, saturation-free biases near the int32 limits (the sum starts at the bias)
+        conv_case(rng, 1, 4, 6, 9, 4, (3, 3), group=4, x_zp=-128, out_zp=-7),
+        conv_case(rng, 2, 3, 8, 10, 3, (3, 3), stride=(2, 2), pads=(1, 1, 1, 1), group=3, x_zp=40),
+        conv_case(rng, 1, 3, 9, 9, 3, (3, 3), stride=(2, 2), pads=(1, 1, 1, 1), group=3, x_zp=-100, negative=True),
+        conv_case(rng, 1, 3, 7, 6, 3, (3, 3), stride=(2, 1), pads=(2, 2, 0, 1), group=3, x_zp=-1, gain=8.0),
+        conv_case(rng, 1, 5, 1, 1, 5, (3, 3), pads=(1, 1, 1, 1), group=5, x_zp=127, out_zp=-128),
+        conv_case(rng, 1, 16, 16, 16, 16, (3, 3), pads=(1, 1, 1, 1), group=16, x_zp=-128, out_zp=50),
+        dw_bias_edge_case(rng),
+        # int16 pre-expanded weights (EV_WEIGHT16): k = 27 (odd: padded rows), 16 (pointwise), 288, 44 (≡ 4 mod 8),
+        # 37 (≡ 1 mod 4), 6 (≡ 2 mod 4), 200; a depthwise conv that must ignore weight16
+        conv_case(rng, 1, 3, 7, 9, 5, (3, 3), pads=(1, 1, 1, 1), x_zp=-128, out_zp=5, wide=True),
+        conv_case(rng, 1, 16, 6, 5, 12, (1, 1), x_zp=127, negative=True, wide=True),
+        conv_case(rng, 1, 32, 5, 4, 7, (3, 3), pads=(1, 1, 1, 1), x_zp=-128, gain=10.0, wide=True),
+        conv_case(rng, 1, 4, 8, 9, 6, (3, 2), stride=(1, 2), pads=(2, 1, 0, 1), dil=(2, 1), group=2, x_zp=-3,
+                  wide=True),
+        conv_case(rng, 1, 6, 5, 5, 23, (3, 3), pads=(1, 1, 1, 1), x_zp=-128, wild=True, wide=True),
+        conv_case(rng, 2, 6, 7, 8, 6, (3, 3), pads=(1, 1, 1, 1), group=6, x_zp=-128, wide=True),
+        linear_case(rng, 7, 44, 5, x_zp=3, wide=True),
+        linear_case(rng, 3, 37, 18, x_zp=-5, bias=False, wide=True),
+        linear_case(rng, 5, 7, 3, x_zp=-128, out_zp=127, wide=True),
+        linear_case(rng, 2, 200, 4, x_zp=0, wide=True),
+        linear_case(rng, 4, 6, 9, x_zp=127, negative=True, wide=True),
     ]
     return cases
 
@@ -905,6 +992,9 @@ def all_op_cases() -> list[Case]:
     g = i8(rng, (2, 5, 3))
     return [
         add_case(rng, (2, 1, 7), (1, 6, 1)), add_case(rng, (3, 4), (4,), wild=True), mul_case(rng, (5, 1), (5, 8)),
+        # add's SMMULR path over a flat loop (same shapes), n = 0 and n ≥ 1 input shifts, extreme zero points
+        add_case(rng, (3, 40), (3, 40)), add_case(rng, (2, 5, 8), (2, 5, 8), sub=True),
+        add_case(rng, (7, 9), (7, 9), zps=[-128, 127, -128]), add_case(rng, (6, 7), (6, 7), zps=[127, -128, 127]),
         rescale_case(rng, 37, -128, I32_MIN, 30, 127),
         Case("ev_lut", [x.size, In(table), In(x), Out(x.size)], K.lut(x, table)),
         softmax_case(rng, 5, 49, 0.08), layernorm_case(rng, 4, 96), layernorm_case(rng, 3, 1),

@@ -21,6 +21,46 @@ static inline int8_t add_one(const elt_t *q, int32_t a, int32_t b) {
                       add_input(q->b_fast, b - q->b_zp, q->b_mult, q->b_shift), q->out_mult, q->out_shift, q->out_zp);
 }
 
+/* Fast add (e_a, e_b ∈ [−31, 0], M_a, M_b ≠ INT32_MIN; the usual case), ~25 instead of ~65 instructions per element.
+ * With v = x − z ∈ [−255, 255] and y = v·2^21 (fits int32): SRDHM(v·2^20, M) = floor((y·M + 2^31) / 2^32) = SMMULR(y, M)
+ * (the spec's SRDHM is floor((P + 2^30) / 2^31) of P = v·2^20·M, and never saturates here), and RDBPOT(h, n) =
+ * floor((h + 2^(n−1) − [h<0]) / 2^n) for n ≥ 1, h for n = 0. |a'|, |b'| ≤ 255·2^20 + 1, so a' + b' never
+ * saturates int32. */
+typedef struct {
+    uint32_t zy;                /* z·2^21 (mod 2^32) */
+    int32_t mult, n, rnd, neg;  /* M, n = −e, 2^(n−1) (0 if n = 0), −1 if n ≥ 1 else 0 */
+} add_in_t;
+
+typedef struct {
+    add_in_t a, b;
+    int rq, out_fast;
+    ev_rq_t q;
+    int32_t out_mult, out_shift, out_zp;
+} add_fast_t;
+
+static inline int add_in_ok(int32_t mult, int32_t shift) { return mult != INT32_MIN && shift <= 0 && shift >= -31; }
+
+static inline add_in_t add_in_make(int32_t zp, int32_t mult, int32_t shift) {
+    add_in_t c = {(uint32_t)zp << 21, mult, -shift, shift < 0 ? (int32_t)(1u << (-shift - 1)) : 0, shift < 0 ? -1 : 0};
+    return c;
+}
+
+static inline int32_t add_in(int32_t x, const add_in_t *c) {
+    const int32_t y = (int32_t)(((uint32_t)x << 21) - c->zy);
+    int32_t h;
+#if EV_SIMD
+    __asm__("smmulr %0, %1, %2" : "=r"(h) : "r"(y), "r"(c->mult));
+#else
+    h = (int32_t)(((int64_t)y * c->mult + (1LL << 31)) >> 32);
+#endif
+    return (h + ((h >> 31) & c->neg) + c->rnd) >> c->n;
+}
+
+static inline int8_t add_fast_one(const add_fast_t *q, int32_t a, int32_t b) {
+    const int32_t s = add_in(a, &q->a) + add_in(b, &q->b);
+    return q->rq ? ev_rq(s, q->q) : ev_requant(q->out_fast, s, 0, q->out_mult, q->out_shift, q->out_zp);
+}
+
 static inline int8_t mul_one(const elt_t *q, int32_t a, int32_t b) {
     return ev_requant(q->fast, (a - q->a_zp) * (b - q->b_zp), 0, q->mult, q->shift, q->out_zp);
 }
@@ -55,7 +95,35 @@ static inline int8_t mul_one(const elt_t *q, int32_t a, int32_t b) {
         }                                                                                             \
     } while (0)
 
+/* both operands laid out like the contiguous output (no broadcasting): one flat loop */
+static int same_contiguous(const ev_broadcast_t *d) {
+    int32_t st = 1;
+    for (int32_t i = d->rank - 1; i >= 0; i--) {
+        if (d->shape[i] != 1 && (d->a_strides[i] != st || d->b_strides[i] != st)) return 0;
+        st *= d->shape[i];
+    }
+    return 1;
+}
+
 void ev_add(const ev_add_t *p, const int8_t *a, const int8_t *b, int8_t *y) {
+    if (add_in_ok(p->a_mult, p->a_shift) && add_in_ok(p->b_mult, p->b_shift)) {
+        const int rq = ev_rq_ok(p->out_mult, p->out_shift);
+        const add_fast_t q = {add_in_make(p->a_zp, p->a_mult, p->a_shift), add_in_make(p->b_zp, p->b_mult, p->b_shift),
+                              rq, ev_fast_ok(p->out_mult, p->out_shift),
+                              ev_rq_make(rq ? p->out_mult : 0, rq ? p->out_shift : -2, p->out_zp), p->out_mult,
+                              p->out_shift, p->out_zp};
+        if (p->dims.rank > 0 && same_contiguous(&p->dims)) {
+            int32_t count = 1;
+            for (int32_t i = 0; i < p->dims.rank; i++) count *= p->dims.shape[i];
+            if (rq)
+                for (int32_t i = 0; i < count; i++) y[i] = ev_rq(add_in(a[i], &q.a) + add_in(b[i], &q.b), q.q);
+            else
+                for (int32_t i = 0; i < count; i++) y[i] = add_fast_one(&q, a[i], b[i]);
+            return;
+        }
+        EV_BROADCAST_LOOP(&p->dims, add_fast_one, &q);
+        return;
+    }
     const elt_t q = {p->a_zp, p->b_zp, p->out_zp, p->a_mult, p->a_shift, p->b_mult, p->b_shift, p->out_mult,
                      p->out_shift, 0, 0, ev_fast_ok(p->a_mult, p->a_shift), ev_fast_ok(p->b_mult, p->b_shift),
                      ev_fast_ok(p->out_mult, p->out_shift), 0};

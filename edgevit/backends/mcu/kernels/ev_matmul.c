@@ -2,28 +2,12 @@
 #include "ev_kernels.h"
 #include "ev_common.h"
 
-/* the 4 outputs of one channel / row for 4 rows / columns (`np` of them real, np ≥ 1), at y + j·ys */
-static inline void store4(const int32_t acc[4], int32_t np, int rq, int fast, int32_t bias, int32_t mult, int32_t shift,
-                          int32_t zp, int8_t *y, int32_t ys) {
-    if (rq) {
-        const ev_rq_t q = ev_rq_make(mult, shift, zp);
-        if (np == 4) { /* unrolled: the sums stay in registers */
-            y[0] = ev_rq(ev_sat_add(acc[0], bias), q);
-            y[ys] = ev_rq(ev_sat_add(acc[1], bias), q);
-            y[2 * ys] = ev_rq(ev_sat_add(acc[2], bias), q);
-            y[3 * ys] = ev_rq(ev_sat_add(acc[3], bias), q);
-        } else {
-            for (int32_t j = 0; j < np; j++) y[j * ys] = ev_rq(ev_sat_add(acc[j], bias), q);
-        }
-    } else {
-        for (int32_t j = 0; j < np; j++) y[j * ys] = ev_requant(fast, acc[j], bias, mult, shift, zp);
-    }
-}
-
 void ev_linear(const ev_linear_t *p, const int8_t *x, int8_t *y, int16_t *scratch) {
     /* fields in locals: for the compiler y's int8 stores may alias *p, which would be re-read per output */
     const int32_t rows = p->rows, k = p->k, n = p->n, x_zp = p->x_zp, out_zp = p->out_zp;
     const int8_t *weight = p->weight;
+    const int16_t *weight16 = p->weight16;
+    const int32_t k16 = EV_WEIGHT16_ROW(k);
     const int32_t *bias = p->bias, *mult = p->mult, *shift = p->shift;
     const int rq = ev_rq_ok_all(mult, shift, n), fast = ev_fast_ok_all(mult, shift, n);
     for (int32_t r = 0; r < rows; r += 4) {
@@ -34,10 +18,18 @@ void ev_linear(const ev_linear_t *p, const int8_t *x, int8_t *y, int16_t *scratc
         for (int32_t j = 0; j < 4; j++) xv[j] = x + (int64_t)(r + (j < np ? j : np - 1)) * k;
         ev_pack4(xv, 1, k, x_zp, scratch);
         int8_t *yr = y + (int64_t)r * n;
-        for (int32_t j = 0; j < n; j++) {
-            int32_t acc[4] = {0, 0, 0, 0};
-            ev_dot_1x4(weight + (int64_t)j * k, scratch, k, acc);
-            store4(acc, np, rq, fast, bias ? bias[j] : 0, mult[j], shift[j], out_zp, yr + j, n);
+        if (weight16) { /* two loops: one branch per block, and each keeps its registers */
+            for (int32_t j = 0; j < n; j++) {
+                int32_t acc[4] = {0, 0, 0, 0};
+                ev_dot16_1x4(weight16 + (int64_t)j * k16, scratch, k, acc);
+                ev_store4(acc, np, rq, fast, bias ? bias[j] : 0, mult[j], shift[j], out_zp, yr + j, n);
+            }
+        } else {
+            for (int32_t j = 0; j < n; j++) {
+                int32_t acc[4] = {0, 0, 0, 0};
+                ev_dot_1x4(weight + (int64_t)j * k, scratch, k, acc);
+                ev_store4(acc, np, rq, fast, bias ? bias[j] : 0, mult[j], shift[j], out_zp, yr + j, n);
+            }
         }
     }
 }
@@ -81,7 +73,7 @@ void ev_matmul(const ev_matmul_t *p, const int8_t *a, const int8_t *b, int8_t *y
                 int32_t acc[4] = {0, 0, 0, 0};
                 ev_dot_1x4(ab + (int64_t)i * k, s, k, acc);
                 for (int32_t t = 0; t < 4; t++) acc[t] = mm_acc(acc[t], a_zp, cs[t]);
-                store4(acc, np, rq, fast, 0, mult, shift, out_zp, yb + (int64_t)i * n + j, 1);
+                ev_store4(acc, np, rq, fast, 0, mult, shift, out_zp, yb + (int64_t)i * n + j, 1);
             }
         }
     }
