@@ -236,7 +236,7 @@ def cmd_compile(args) -> int:
     import importlib
 
     from . import targets
-    from .artifacts import atomic_dir, check_output_dir, normalize_mlpackage, write_report
+    from .artifacts import atomic_dir, check_output_dir, write_report
     from .passes import pipeline
 
     target = targets.load(args.target)  # unknown target: fail before any model work
@@ -257,8 +257,6 @@ def cmd_compile(args) -> int:
     optimized, pass_report = pipeline.run(model, pipeline.select(_csv(args.passes), _csv(args.skip)))
     with atomic_dir(out_dir) as tmp:
         result = backend.compile_model(optimized, target, tmp, name=source.name, args=args)
-        for package in sorted(tmp.glob("*.mlpackage")):  # coremltools writes random UUIDs, hash-ordered maps
-            normalize_mlpackage(package)
         payload = {"model": source.spec, "target": target.name, "backend": target.backend,
                    "passes": pass_report.as_dict(), **result.report}
         write_report(tmp / f"{source.name}.onnx", "compile", payload, result.markdown)
@@ -303,7 +301,7 @@ def cmd_tune(args) -> int:
 
 def cmd_bench(args) -> int:
     from . import targets
-    from .artifacts import atomic_dir
+    from .artifacts import atomic_dir, check_output_dir
     from .bench.host import run_bench
     from .passes import pipeline
 
@@ -332,6 +330,7 @@ def cmd_bench(args) -> int:
         torch.manual_seed(0)
     source, model = _load_for_analysis(args)
     out_dir = Path(args.output or f"out/bench/{source.name}-{target.name}")
+    check_output_dir(out_dir)
     optimized, _ = pipeline.run(model, pipeline.select(_csv(args.passes), _csv(args.skip)))
     with atomic_dir(out_dir) as tmp:
         payload = run_bench(source, model, optimized, target, tmp, tuple(args.input_size) if args.input_size else None,
@@ -344,13 +343,14 @@ def cmd_bench(args) -> int:
 def _bench_optimized(args, target, why_no_rpc: str, run) -> dict:
     """Shared by the MCU and iPhone benches: no RPC, load + optimize MODEL, `run(source, optimized, tmp)` into
     an atomic out/bench/<model>-<target>/ folder."""
-    from .artifacts import atomic_dir
+    from .artifacts import atomic_dir, check_output_dir
     from .passes import pipeline
 
     if args.rpc or args.tracker:
         raise EdgevitError(f"--rpc/--tracker are for TVM boards; {target.name} {why_no_rpc}")
     source, model = _load_for_analysis(args)
     out_dir = Path(args.output or f"out/bench/{source.name}-{target.name}")
+    check_output_dir(out_dir)
     optimized, _ = pipeline.run(model, pipeline.select(_csv(args.passes), _csv(args.skip)))
     with atomic_dir(out_dir) as tmp:
         result = run(source, optimized, tmp)

@@ -41,20 +41,30 @@ class ModelSource:
 _PY_SPEC = re.compile(r"^(?P<path>.+\.py):(?P<factory>[A-Za-z_][A-Za-z0-9_]*)$")
 
 
+def safe_name(stem: str) -> str:
+    """A model's short name as used in output file names: only [A-Za-z0-9._-], never hidden or `..`.
+
+    The name comes from a file name the user may not have chosen (a download); whatever it holds, the
+    files named after it must stay inside the output folder.
+    """
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).lstrip(".")
+    return name[:100] or "model"
+
+
 def resolve(spec: str) -> ModelSource:
     m = _PY_SPEC.match(spec)
     if m:
         path = Path(m["path"])
         if not path.is_file():
             raise EdgevitError(f"{path}: no such Python file (MODEL form is path/to/file.py:factory)")
-        return ModelSource("python", f"{path.stem}_{m['factory']}", spec, path, m["factory"])
+        return ModelSource("python", safe_name(f"{path.stem}_{m['factory']}"), spec, path, m["factory"])
     if spec.endswith(".py"):
         raise EdgevitError(f"{spec}: name the factory function too, as {spec}:make_model")
     path = Path(spec)
     if spec.lower().endswith(".onnx") or path.is_file():
         if not path.exists():
             raise EdgevitError(f"{spec}: no such file")
-        return ModelSource("onnx", path.stem, spec, path)
+        return ModelSource("onnx", safe_name(path.stem), spec, path)
     zoo.lookup(spec)  # raises with the closest names
     return ModelSource("zoo", spec, spec)
 

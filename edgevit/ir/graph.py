@@ -112,6 +112,11 @@ def _check_tensors(model: onnx.ModelProto, path: Path) -> None:
 
     A mismatch would otherwise surface much later as a numpy reshape error (or a huge allocation).
     """
+    known = set(onnx.TensorProto.DataType.values()) - {onnx.TensorProto.UNDEFINED}
+    for vi in list(model.graph.input) + list(model.graph.output) + list(model.graph.value_info):
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type not in known:
+            raise EdgevitError(f"{path}: tensor '{vi.name}' has an undefined element type "
+                               f"({vi.type.tensor_type.elem_type})")
     for t, where in _all_tensors(model):
         dims = list(t.dims)
         label = f"{path}: {where} '{t.name}'"

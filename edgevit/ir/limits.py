@@ -6,7 +6,8 @@ tensor is allocated) and refuses, with the number and the bound, a model whose
 
   - total MACs exceed EDGEVIT_MAX_MACS (default 1T; the zoo's largest model is ~20G at 224²),
   - parameters exceed EDGEVIT_MAX_PARAMS (default 1G),
-  - largest single activation exceeds EDGEVIT_MAX_ACTIVATION_BYTES (default 2G bytes).
+  - largest single activation exceeds EDGEVIT_MAX_ACTIVATION_BYTES (default 1G bytes; parity checks hold
+    a few such tensors at once).
 
 The environment variables take plain numbers or K/M/G/T suffixes (powers of 1000 for MACs/params,
 1024 for bytes), e.g. `EDGEVIT_MAX_MACS=5T`.
@@ -21,7 +22,7 @@ import onnx
 
 from ..errors import EdgevitError
 
-DEFAULTS = {"macs": 10**12, "params": 10**9, "activation_bytes": 2 << 30}
+DEFAULTS = {"macs": 10**12, "params": 10**9, "activation_bytes": 1 << 30}
 ENV = {"macs": "EDGEVIT_MAX_MACS", "params": "EDGEVIT_MAX_PARAMS", "activation_bytes": "EDGEVIT_MAX_ACTIVATION_BYTES"}
 
 

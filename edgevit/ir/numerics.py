@@ -47,19 +47,31 @@ class Parity:
     ref_range: float = 0.0
     samples: int = 0
 
+    CHUNK = 1 << 20  # elements compared at a time: float64 copies of a whole large output would double RAM
+
     def update(self, ref: np.ndarray, got: np.ndarray) -> None:
-        ref = np.asarray(ref, dtype=np.float64)
-        got = np.asarray(got, dtype=np.float64)
+        ref = np.asarray(ref)
+        got = np.asarray(got)
         if ref.shape != got.shape:
             raise EdgevitError(f"output shape mismatch: reference {ref.shape}, got {got.shape}")
-        if not np.all(np.isfinite(got)) and np.all(np.isfinite(ref)):
+        flat_ref, flat_got = ref.reshape(-1), got.reshape(-1)
+        got_finite = ref_finite = True
+        diff, scale, lo, hi = 0.0, 0.0, np.inf, -np.inf
+        for i in range(0, flat_ref.size, self.CHUNK):
+            r = flat_ref[i:i + self.CHUNK].astype(np.float64)
+            g = flat_got[i:i + self.CHUNK].astype(np.float64)
+            got_finite = got_finite and bool(np.all(np.isfinite(g)))
+            ref_finite = ref_finite and bool(np.all(np.isfinite(r)))
+            diff = max(diff, float(np.max(np.abs(r - g))))
+            scale = max(scale, float(np.max(np.abs(r))))
+            lo, hi = min(lo, float(r.min())), max(hi, float(r.max()))
+        if not got_finite and ref_finite:
             self.max_abs = self.rel = float("inf")
         elif ref.size:
-            diff = float(np.max(np.abs(ref - got)))
-            scale = float(np.max(np.abs(ref))) or 1.0
+            scale = scale or 1.0
             self.max_abs = max(self.max_abs, diff)
             self.rel = max(self.rel, diff / scale)
-            self.ref_range = max(self.ref_range, float(ref.max() - ref.min()))
+            self.ref_range = max(self.ref_range, hi - lo)
         self.samples += 1
 
     def within(self, tolerance: float) -> bool:

@@ -19,11 +19,9 @@ and the compile report. Steps:
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import logging
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -33,7 +31,7 @@ import onnx
 
 from .. import BackendResult
 from ... import __version__, ui
-from ...artifacts import md_table
+from ...artifacts import md_table, normalize_mlpackage
 from ...errors import EdgevitError, ParityError
 from ...ir import graph as G
 from ...ir.numerics import Parity, run_ort
@@ -293,6 +291,7 @@ def compile_model(model: onnx.ModelProto, target, out_dir: Path, name: str, args
             _fill_metadata(mlmodel, model, name, target, opts, image, labels)
             compression = {"mode": opts["weights"], "method": how, "package_bytes_before": before}
         mlmodel.save(str(package))
+    normalize_mlpackage(package)  # coremltools writes random UUIDs and hash-ordered maps: same model, same bytes
     size = _dir_bytes(package)
     if compression:
         compression["package_bytes_after"] = size
