@@ -23,6 +23,8 @@
 #define EV_SIMD 0
 #endif
 
+#define EV_ALWAYS_INLINE static inline __attribute__((always_inline))
+
 /* Unaligned 32-bit load (weight rows and odd-k scratch rows are not word aligned); ARMv7-M LDR allows it. */
 static inline uint32_t ev_ld32(const void *p) {
     uint32_t v;
@@ -199,7 +201,7 @@ static inline void ev_pack4(const int8_t *const xv[4], int32_t st, int32_t k, in
 
 /* acc[j] += Σ_i w[i] · v_j[i] for one int8 row w × the 4 int16 vectors packed in s by ev_pack4: each weight
  * word is loaded and unpacked once for 4 products (per 4 values: 1 LDR + 2 SXTB16 + 4 LDRD + 8 SMLAD). */
-static inline void ev_dot_1x4(const int8_t *w, const int16_t *s, int32_t k, int32_t acc[4]) {
+EV_ALWAYS_INLINE void ev_dot_1x4_inl(const int8_t *w, const int16_t *s, int32_t k, int32_t acc[4]) {
     int32_t i = 0;
     const int32_t k4 = k & ~3;
 #if EV_SIMD
@@ -244,6 +246,9 @@ static inline void ev_dot_1x4(const int8_t *w, const int16_t *s, int32_t k, int3
     }
     acc[0] = (int32_t)c0; acc[1] = (int32_t)c1; acc[2] = (int32_t)c2; acc[3] = (int32_t)c3;
 }
+
+/* the same, left to the compiler to inline or not (ev_dot_1x4_inl: always inlined, for callers with few live values) */
+static inline void ev_dot_1x4(const int8_t *w, const int16_t *s, int32_t k, int32_t acc[4]) { ev_dot_1x4_inl(w, s, k, acc); }
 
 /* ev_dot_1x4 with the row pre-expanded to int16 (EV_WEIGHT16 layout, 4-byte aligned): per 4 values 1 + 4 LDRD and
  * 8 SMLAD. */
@@ -290,8 +295,65 @@ static inline void ev_dot16_1x4(const int16_t *w, const int16_t *s, int32_t k, i
     acc[0] = (int32_t)c0; acc[1] = (int32_t)c1; acc[2] = (int32_t)c2; acc[3] = (int32_t)c3;
 }
 
+/* ev_dot16_1x4 for TWO weight rows (channels) w0, w1 at once: acc0[j] += Σ w0·v_j, acc1[j] += Σ w1·v_j. The 4
+ * vectors are taken as two pairs (v_0, v_1) then (v_2, v_3), so per pair the 4 sums, the 2 rows' 4 weight
+ * words and a pair's 4 scratch words fit the registers: per 4 values 2 LDRD of weights + 2 LDRD of scratch +
+ * 8 SMLAD (12 instructions per 16 MACs). */
+EV_ALWAYS_INLINE void ev_dot16_2x2(const int16_t *w0, const int16_t *w1, const int16_t *s, int32_t k, int32_t pr,
+                                   int32_t acc0[4], int32_t acc1[4]) {
+    const int32_t k4 = k & ~3;
+    {
+        int32_t i = 0;
+#if EV_SIMD
+        const int16_t *wp0 = w0, *wp1 = w1, *sp = s + 4 * pr;
+        const int16_t *const se = sp + 4 * k4;
+        int32_t c00 = acc0[pr], c01 = acc0[pr + 1], c10 = acc1[pr], c11 = acc1[pr + 1];
+        int32_t l0, h0, a, b, c, d;
+        /* one asm block: GCC's own allocation of the 14 live registers spills in the loop */
+#define EV_D16_STEP                                                                                            \
+    "ldrd %[l0], %[h0], [%[wp0]], #8\n\t"                                                                       \
+    "ldrd %[a], %[b], [%[sp], #8]\n\t"                                                                          \
+    "ldrd %[c], %[d], [%[sp]], #32\n\t"                                                                         \
+    "smlad %[c00], %[l0], %[c], %[c00]\n\t"                                                                     \
+    "smlad %[c00], %[h0], %[d], %[c00]\n\t"                                                                     \
+    "smlad %[c01], %[l0], %[a], %[c01]\n\t"                                                                     \
+    "smlad %[c01], %[h0], %[b], %[c01]\n\t"                                                                     \
+    "ldrd %[l0], %[h0], [%[wp1]], #8\n\t"                                                                       \
+    "smlad %[c10], %[l0], %[c], %[c10]\n\t"                                                                     \
+    "smlad %[c10], %[h0], %[d], %[c10]\n\t"                                                                     \
+    "smlad %[c11], %[l0], %[a], %[c11]\n\t"                                                                     \
+    "smlad %[c11], %[h0], %[b], %[c11]\n\t"
+#define EV_D16_OPS                                                                                             \
+    : [c00] "+r"(c00), [c01] "+r"(c01), [c10] "+r"(c10), [c11] "+r"(c11), [wp0] "+r"(wp0), [wp1] "+r"(wp1),  \
+      [sp] "+r"(sp), [l0] "=&r"(l0), [h0] "=&r"(h0), [a] "=&r"(a), [b] "=&r"(b), [c] "=&r"(c), [d] "=&r"(d)
+        if (k4 & 4) __asm__ volatile(EV_D16_STEP EV_D16_OPS : : "memory");
+        if (k4 & 8) __asm__ volatile(EV_D16_STEP EV_D16_STEP EV_D16_OPS : : "memory");
+        if (sp != se) /* unrolled 4 times: 51 instructions per 64 MACs */
+            __asm__ volatile("1:\n\t" EV_D16_STEP EV_D16_STEP EV_D16_STEP EV_D16_STEP "cmp %[sp], %[se]\n\t"
+                             "bne 1b" EV_D16_OPS : [se] "r"(se) : "memory", "cc");
+#undef EV_D16_STEP
+#undef EV_D16_OPS
+        i = k4;
+#else
+        const int16_t *sp = s + 4 * pr;
+        uint32_t c00 = (uint32_t)acc0[pr], c01 = (uint32_t)acc0[pr + 1], c10 = (uint32_t)acc1[pr],
+                 c11 = (uint32_t)acc1[pr + 1];
+        for (; i < k4; i += 4, sp += 16) { /* w and s are both in the permuted order */
+            c00 += (uint32_t)(w0[i] * sp[0] + w0[i + 1] * sp[1] + w0[i + 2] * sp[2] + w0[i + 3] * sp[3]);
+            c01 += (uint32_t)(w0[i] * sp[4] + w0[i + 1] * sp[5] + w0[i + 2] * sp[6] + w0[i + 3] * sp[7]);
+            c10 += (uint32_t)(w1[i] * sp[0] + w1[i + 1] * sp[1] + w1[i + 2] * sp[2] + w1[i + 3] * sp[3]);
+            c11 += (uint32_t)(w1[i] * sp[4] + w1[i + 1] * sp[5] + w1[i + 2] * sp[6] + w1[i + 3] * sp[7]);
+        }
+#endif
+        for (const int16_t *t = s + 4 * k4 + pr; i < k; i++, t += 4) {
+            c00 += (uint32_t)(w0[i] * t[0]); c01 += (uint32_t)(w0[i] * t[1]);
+            c10 += (uint32_t)(w1[i] * t[0]); c11 += (uint32_t)(w1[i] * t[1]);
+        }
+        acc0[pr] = (int32_t)c00; acc0[pr + 1] = (int32_t)c01; acc1[pr] = (int32_t)c10; acc1[pr + 1] = (int32_t)c11;
+    }
+}
 /* the 4 outputs of one channel / row for 4 pixels / rows / columns (`np` of them real, np ≥ 1), at y + j·ys */
-static inline void ev_store4(const int32_t acc[4], int32_t np, int rq, int fast, int32_t bias, int32_t mult, int32_t shift,
+EV_ALWAYS_INLINE void ev_store4(const int32_t acc[4], int32_t np, int rq, int fast, int32_t bias, int32_t mult, int32_t shift,
                           int32_t zp, int8_t *y, int32_t ys) {
     if (rq) {
         const ev_rq_t q = ev_rq_make(mult, shift, zp);
@@ -305,6 +367,24 @@ static inline void ev_store4(const int32_t acc[4], int32_t np, int rq, int fast,
         }
     } else {
         for (int32_t j = 0; j < np; j++) y[j * ys] = ev_requant(fast, acc[j], bias, mult, shift, zp);
+    }
+}
+
+
+/* npairs pairs of output channels: pair p's weight rows w + 2p·k16 and w + (2p+1)·k16 (EV_WEIGHT16 layout) × the 4
+ * vectors packed in s, requantized and stored: channel c's output j at y + c·ych + j·ys (bias / mult / shift point
+ * at channel 0's entries; bias may be NULL). Not inlined: its callers' live values would crowd the 14 registers of
+ * the asm loop. */
+static __attribute__((noinline, unused)) void ev_pairs16(const int16_t *w, int32_t k16, const int16_t *s, int32_t k,
+                                                       int32_t np, int rq, int fast, const int32_t *bias,
+                                                       const int32_t *mult, const int32_t *shift, int32_t zp,
+                                                       int8_t *y, int32_t ys, int32_t ych, int32_t npairs) {
+    for (int32_t p = 0; p < npairs; p++, w += 2 * k16, mult += 2, shift += 2, y += 2 * ych) {
+        int32_t acc0[4] = {0, 0, 0, 0}, acc1[4] = {0, 0, 0, 0};
+        ev_dot16_2x2(w, w + k16, s, k, 0, acc0, acc1);
+        ev_dot16_2x2(w, w + k16, s, k, 2, acc0, acc1);
+        ev_store4(acc0, np, rq, fast, bias ? bias[2 * p] : 0, mult[0], shift[0], zp, y, ys);
+        ev_store4(acc1, np, rq, fast, bias ? bias[2 * p + 1] : 0, mult[1], shift[1], zp, y + ych, ys);
     }
 }
 

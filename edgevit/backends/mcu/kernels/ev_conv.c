@@ -232,7 +232,11 @@ void ev_conv2d(const ev_conv2d_t *p, const int8_t *x, int8_t *y, int16_t *scratc
                     ev_pack4(xv, 1, k, x_zp, scratch);
                 }
                 if (weight16) { /* two loops: one branch per block, and each keeps its registers */
-                    for (int32_t o = g * og; o < (g + 1) * og; o++) {
+                    /* 2 output channels per pass over the scratch */
+                    const int32_t o0 = g * og, o = o0 + (og & ~1);
+                    ev_pairs16(weight16 + (int64_t)o0 * k16, k16, scratch, k, np, rq, fast, bias ? bias + o0 : 0,
+                               mult + o0, shift + o0, out_zp, yb + (int64_t)o0 * ohw + px, 1, ohw, og / 2);
+                    if (o < (g + 1) * og) {
                         int32_t acc[4] = {0, 0, 0, 0};
                         ev_dot16_1x4(weight16 + (int64_t)o * k16, scratch, k, acc);
                         ev_store4(acc, np, rq, fast, bias ? bias[o] : 0, mult[o], shift[o], out_zp,

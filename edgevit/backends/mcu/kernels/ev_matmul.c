@@ -19,7 +19,10 @@ void ev_linear(const ev_linear_t *p, const int8_t *x, int8_t *y, int16_t *scratc
         ev_pack4(xv, 1, k, x_zp, scratch);
         int8_t *yr = y + (int64_t)r * n;
         if (weight16) { /* two loops: one branch per block, and each keeps its registers */
-            for (int32_t j = 0; j < n; j++) {
+            /* 2 output columns per pass over the scratch */
+            ev_pairs16(weight16, k16, scratch, k, np, rq, fast, bias, mult, shift, out_zp, yr, n, 1, n / 2);
+            const int32_t j = n & ~1;
+            if (j < n) {
                 int32_t acc[4] = {0, 0, 0, 0};
                 ev_dot16_1x4(weight16 + (int64_t)j * k16, scratch, k, acc);
                 ev_store4(acc, np, rq, fast, bias ? bias[j] : 0, mult[j], shift[j], out_zp, yr + j, n);
@@ -71,8 +74,9 @@ void ev_matmul(const ev_matmul_t *p, const int8_t *a, const int8_t *b, int8_t *y
             }
             for (int32_t i = 0; i < m; i++) {
                 int32_t acc[4] = {0, 0, 0, 0};
-                ev_dot_1x4(ab + (int64_t)i * k, s, k, acc);
-                for (int32_t t = 0; t < 4; t++) acc[t] = mm_acc(acc[t], a_zp, cs[t]);
+                ev_dot_1x4_inl(ab + (int64_t)i * k, s, k, acc);
+                if (a_zp) /* cs = 0 otherwise */
+                    for (int32_t t = 0; t < 4; t++) acc[t] = mm_acc(acc[t], a_zp, cs[t]);
                 ev_store4(acc, np, rq, fast, 0, mult, shift, out_zp, yb + (int64_t)i * n + j, 1);
             }
         }
