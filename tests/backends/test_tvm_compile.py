@@ -27,9 +27,13 @@ DB = Path(__file__).parent / "data" / "schedules"
 
 @pytest.fixture(scope="module")
 def x86_build(tmp_path_factory):
-    """`edgevit compile shvit_s1 --target x86-avx2` once for the module: (out dir, CLI process)."""
-    out = tmp_path_factory.mktemp("tvm-x86") / "out"
-    proc = run_cli("compile", "shvit_s1", "--target", "x86-avx2", "--input-size", *map(str, SIZE), "-o", str(out))
+    """`edgevit compile shvit_s1 --target x86-avx2` once for the module, untuned (an empty schedules root, not
+    the shipped databases): (out dir, CLI process)."""
+    root = tmp_path_factory.mktemp("tvm-x86")
+    out = root / "out"
+    with pytest.MonkeyPatch.context() as mp:  # the child process inherits it
+        mp.setenv("EDGEVIT_SCHEDULES", str(root / "no-schedules"))
+        proc = run_cli("compile", "shvit_s1", "--target", "x86-avx2", "--input-size", *map(str, SIZE), "-o", str(out))
     assert proc.returncode == 0, proc.stderr
     return out, proc
 
