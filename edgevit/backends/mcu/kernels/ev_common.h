@@ -139,6 +139,18 @@ static inline int8_t ev_rq(int32_t x, ev_rq_t q) {
 #endif
 }
 
+/* The k % 4 tail of the 1-row × 4-vector dot products below (int8 or int16 weights `w`, scratch `sp` at value
+ * i), then the four sums back into acc. */
+#define EV_DOT_1X4_TAIL()                                                                                       \
+    do {                                                                                                        \
+        for (; i < k; i++, sp += 4) {                                                                           \
+            const int32_t p = w[i];                                                                             \
+            c0 += (uint32_t)(p * sp[0]); c1 += (uint32_t)(p * sp[1]);                                           \
+            c2 += (uint32_t)(p * sp[2]); c3 += (uint32_t)(p * sp[3]);                                           \
+        }                                                                                                       \
+        acc[0] = (int32_t)c0; acc[1] = (int32_t)c1; acc[2] = (int32_t)c2; acc[3] = (int32_t)c3;                \
+    } while (0)
+
 /* Four int16 vectors (v_j[i] = x_j[i·st] − zp, x_j = xv[j]), i < k, interleaved for ev_dot_1x4: per block of
  * 4 values the 4 of v_0, of v_1, of v_2, of v_3, each permuted (v0, v2, v1, v3); then the k % 4 tail as
  * quadruples (v_0[i], v_1[i], v_2[i], v_3[i]). 4k values. */
@@ -239,12 +251,7 @@ EV_ALWAYS_INLINE void ev_dot_1x4_inl(const int8_t *w, const int16_t *s, int32_t 
         c3 += (uint32_t)(p0 * sp[12] + p1 * sp[13] + p2 * sp[14] + p3 * sp[15]);
     }
 #endif
-    for (; i < k; i++, sp += 4) {
-        const int32_t p = w[i];
-        c0 += (uint32_t)(p * sp[0]); c1 += (uint32_t)(p * sp[1]);
-        c2 += (uint32_t)(p * sp[2]); c3 += (uint32_t)(p * sp[3]);
-    }
-    acc[0] = (int32_t)c0; acc[1] = (int32_t)c1; acc[2] = (int32_t)c2; acc[3] = (int32_t)c3;
+    EV_DOT_1X4_TAIL();
 }
 
 /* the same, left to the compiler to inline or not (ev_dot_1x4_inl: always inlined, for callers with few live values) */
@@ -287,12 +294,7 @@ static inline void ev_dot16_1x4(const int16_t *w, const int16_t *s, int32_t k, i
         c3 += (uint32_t)(p0 * sp[12] + p1 * sp[13] + p2 * sp[14] + p3 * sp[15]);
     }
 #endif
-    for (; i < k; i++, sp += 4) {
-        const int32_t p = w[i];
-        c0 += (uint32_t)(p * sp[0]); c1 += (uint32_t)(p * sp[1]);
-        c2 += (uint32_t)(p * sp[2]); c3 += (uint32_t)(p * sp[3]);
-    }
-    acc[0] = (int32_t)c0; acc[1] = (int32_t)c1; acc[2] = (int32_t)c2; acc[3] = (int32_t)c3;
+    EV_DOT_1X4_TAIL();
 }
 
 /* ev_dot16_1x4 for TWO weight rows (channels) w0, w1 at once: acc0[j] += Σ w0·v_j, acc1[j] += Σ w1·v_j. The 4
