@@ -69,8 +69,9 @@ def run_mcu_bench(optimized, target, out_dir: Path, name: str, args) -> dict:
     result, ctx = build_project(optimized, target, project, name, args)
     mem = result.report["mcu"]["memory"]
     q, steps = ctx["q"], ctx["steps"]
-    run, ends, per_tick = _profile(project, target, mem["flash_budget"], _inputs(q, 1, seed=0))
-    if run.outputs[0] != q.run(_inputs(q, 1, seed=0)[0])[q.outputs[0]].astype(np.int8).tobytes():
+    inputs = _inputs(q, 1, seed=0)
+    run, ends, per_tick = _profile(project, target, mem["flash_budget"], inputs)
+    if run.outputs[0] != q.run(inputs[0])[q.outputs[0]].astype(np.int8).tobytes():
         raise EdgevitError("profiled Cortex-M build differs from the int8 reference; numbers not reported")
     prev = 0
     for st in steps:

@@ -150,31 +150,24 @@ def verify_host(folder: Path, q, inputs: np.ndarray, sanitize: bool = False) -> 
     return {"inputs": len(inputs), "bit_exact": True, "sanitizers": sanitize}
 
 
-def link_arm(folder: Path, target, sram: int, flash: int):
+def link_arm(folder: Path, sram: int, flash: int, test_input_bytes: int):
     """Link for the target's core within its budgets (QEMU's memory map; sizes do not depend on it).
 
     The stack reservation starts at an estimate and is re-linked with the measured worst case
     (-fstack-usage call graph) when that is larger. The embedded test inputs are not part of the
-    deployment, so the flash budget is widened by their size.
+    deployment, so the flash budget is widened by their size (`test_input_bytes`).
     """
     from . import toolchain
 
     stack = STACK_ESTIMATE
     for _ in range(2):
-        build = toolchain.build_arm(folder, flash_bytes=flash + _test_input_bytes(folder), ram_bytes=sram,
+        build = toolchain.build_arm(folder, flash_bytes=flash + test_input_bytes, ram_bytes=sram,
                                     stack_bytes=stack, flash_origin=0, ram_origin=0x20000000)
         measured = toolchain.max_stack_usage(folder)
         if measured <= stack:
             break
         stack = (measured + 255) // 256 * 256
     return build, measured
-
-
-def _test_input_bytes(folder: Path) -> int:
-    text = (folder / "test_input.h").read_text()
-    count = int(re.search(r"EDGEVIT_TEST_COUNT (\d+)", text).group(1))
-    size = int(re.search(r"EDGEVIT_MODEL_INPUT_SIZE (\d+)", (folder / "model.h").read_text()).group(1))
-    return count * size
 
 
 def compile_model(model, target, out_dir: Path, name: str, args=None) -> BackendResult:
@@ -220,7 +213,7 @@ def build_project(model, target, out_dir: Path, name: str, args=None) -> tuple[B
         try:
             with ui.step(f"link for {target.options['cpu']} within {_kib(sram)} SRAM / {_kib(flash)} flash"
                          + (" (int16 weights)" if wide else "")):
-                build, stack = link_arm(out_dir, target, sram, flash)
+                build, stack = link_arm(out_dir, sram, flash, inputs[:TEST_INPUTS].nbytes)
         except toolchain.LinkOverflowError as exc:
             if wide and set(exc.overflows) == {"FLASH"}:
                 continue  # retry with int8 weights

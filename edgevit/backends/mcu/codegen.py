@@ -399,7 +399,7 @@ def generate(q: QuantizedModel, schedule: planner.Schedule, calls: list[Call], p
              name: str) -> dict[str, str]:
     """File name → contents for model.h, model.c and weights.c."""
     offsets = plan.placement.tensor_offset
-    external = planner._external_closure(schedule)
+    external = planner.external_closure(schedule)
     in_size, out_name = _prod(q.shapes[q.input]), q.outputs[0]
     out_size = _prod(q.shapes[out_name])
     consts = {t: f"ev_const_{i}" for i, t in enumerate(sorted(q.consts))}

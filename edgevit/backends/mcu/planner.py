@@ -128,14 +128,16 @@ def _lifetimes(schedule: Schedule, order: list[int]) -> tuple[dict[str, int], di
 class _Placer:
     """Buffers (groups of tensors) and scratch intervals → offsets, largest first, best fit."""
 
-    def __init__(self, schedule: Schedule, order: list[int], buffers: _Buffers):
-        self.schedule, self.order, self.buffers = schedule, order, buffers
-        self.first, self.last = _lifetimes(schedule, order)
+    def __init__(self, schedule: Schedule, order: list[int], buffers: _Buffers,
+                 lifetimes: tuple[dict[str, int], dict[str, int]] | None = None):
+        self.schedule, self.order = schedule, order
+        self.groups = buffers.groups()  # the buffers do not change while this placer lives
+        self.first, self.last = lifetimes or _lifetimes(schedule, order)
 
     def items(self) -> list[tuple[int, int, int, object]]:
         """(size, start, end, key) per buffer and per scratch; key is a root tensor or a step index."""
         out = []
-        for root, members in self.buffers.groups().items():
+        for root, members in self.groups.items():
             members = [(t, o) for t, o in members if t in self.first and t not in self.schedule.external]
             if not members:
                 continue
@@ -179,7 +181,7 @@ class _Placer:
         for key, offset in offsets.items():
             if isinstance(key, tuple):
                 root, lo = key
-                for t, o in self.buffers.groups()[root]:
+                for t, o in self.groups[root]:
                     if t not in self.schedule.external:
                         tensor_offset[t] = offset + o - lo
             else:
@@ -198,7 +200,7 @@ class _Placer:
                 for it in live:
                     if isinstance(it[3], tuple):
                         root = it[3][0]
-                        names += sorted(t for t, _ in self.buffers.groups()[root]
+                        names += sorted(t for t, _ in self.groups[root]
                                         if t in self.first and self.first[t] <= pos <= self.last[t])
                     else:
                         names.append(f"scratch of {self.schedule.steps[it[3]].name}")
@@ -215,7 +217,8 @@ def _aliases(schedule: Schedule) -> _Buffers:
     return buffers
 
 
-def _external_closure(schedule: Schedule) -> set[str]:
+def external_closure(schedule: Schedule) -> set[str]:
+    """The external tensors and every reshape of them (they live in the caller's buffer, not the arena)."""
     ext = set(schedule.external)
     for s in schedule.steps:
         if s.share == "alias" and s.inputs[0] in ext:
@@ -223,9 +226,8 @@ def _external_closure(schedule: Schedule) -> set[str]:
     return ext
 
 
-def _candidates(schedule: Schedule, order: list[int], external: set[str]) -> list[tuple[str, str, str, int]]:
+def _candidates(schedule: Schedule, order: list[int], last: dict[str, int]) -> list[tuple[str, str, str, int]]:
     """(kind, input, output, delta) sharing candidates legal in this order."""
-    first, last = _lifetimes(schedule, order)
     found = []
     for pos, i in enumerate(order):
         s = schedule.steps[i]
@@ -233,7 +235,7 @@ def _candidates(schedule: Schedule, order: list[int], external: set[str]) -> lis
             continue
         for k in s.share_inputs:
             x, y = s.inputs[k], s.outputs[0]
-            if x in external or x in schedule.outputs or last.get(x) != pos or x in s.inputs[:k] + s.inputs[k + 1:]:
+            if x in schedule.external or x in schedule.outputs or last.get(x) != pos or x in s.inputs[:k] + s.inputs[k + 1:]:
                 continue
             delta = 0
             if s.share == "rows":
@@ -243,9 +245,8 @@ def _candidates(schedule: Schedule, order: list[int], external: set[str]) -> lis
     return found
 
 
-def _legal(buffers: _Buffers, schedule: Schedule, order: list[int], x: str, y: str) -> bool:
+def _legal(buffers: _Buffers, first: dict[str, int], last: dict[str, int], x: str, y: str) -> bool:
     """Merging y onto x's buffer is legal if nothing else in x's buffer is used after y is written."""
-    first, last = _lifetimes(schedule, order)
     groups = buffers.groups()
     root, root_y = buffers.find(x)[0], buffers.find(y)[0]
     born = first[y]
@@ -254,26 +255,30 @@ def _legal(buffers: _Buffers, schedule: Schedule, order: list[int], x: str, y: s
             and all(first.get(t, born) >= born for t, _ in groups[root_y]))  # y not already placed on another
 
 
+def _closed(schedule: Schedule) -> Schedule:
+    """`schedule` with its external set closed over reshapes (what the planning functions expect)."""
+    return Schedule(schedule.steps, schedule.sizes, external_closure(schedule), schedule.outputs)
+
+
 def plan_order(schedule: Schedule, order: list[int]) -> tuple[Placement, _Buffers, list, _Placer]:
     """Aliases, then each sharing candidate kept only if it shrinks the arena; best placement."""
-    external = _external_closure(schedule)
-    sched = Schedule(schedule.steps, schedule.sizes, external, schedule.outputs)
+    sched = _closed(schedule)
+    lifetimes = _lifetimes(sched, order)
     buffers = _aliases(sched)
-    placer = _Placer(sched, order, buffers)
-    best = placer.place()
+    best = _Placer(sched, order, buffers, lifetimes).place()
     shared = []
-    for kind, x, y, delta in _candidates(sched, order, external):
-        if not _legal(buffers, sched, order, x, y):
+    for kind, x, y, delta in _candidates(sched, order, lifetimes[1]):
+        if not _legal(buffers, *lifetimes, x, y):
             continue
         trial = _Buffers(schedule.sizes)
         trial.parent, trial.rel = dict(buffers.parent), dict(buffers.rel)
         # y at x + delta, i.e. x at y − delta
         trial.merge(y, x, delta)
-        candidate = _Placer(sched, order, trial).place()
+        candidate = _Placer(sched, order, trial, lifetimes).place()
         if candidate.arena <= best.arena:
             buffers, best = trial, candidate
             shared.append((kind, x, y))
-    return best, buffers, shared, _Placer(sched, order, buffers)
+    return best, buffers, shared, _Placer(sched, order, buffers, lifetimes)
 
 
 def _topological_orders(schedule: Schedule, width: int) -> list[list[int]]:
@@ -325,11 +330,9 @@ def _topological_orders(schedule: Schedule, width: int) -> list[list[int]]:
 
 def plan(schedule: Schedule, order_search: int = 32) -> Plan:
     """The smallest-arena plan over the candidate execution orders (see the module docstring)."""
-    naive_sum = sum(_align(v) for t, v in schedule.sizes.items() if t not in _external_closure(schedule))
-    given = list(range(len(schedule.steps)))
-    plain = _Placer(Schedule(schedule.steps, schedule.sizes, _external_closure(schedule), schedule.outputs),
-                    given, _Buffers(schedule.sizes))
-    no_sharing_peak = plain.lower_bound()[0]
+    sched = _closed(schedule)
+    naive_sum = sum(_align(v) for t, v in schedule.sizes.items() if t not in sched.external)
+    no_sharing_peak = _Placer(sched, list(range(len(schedule.steps))), _Buffers(schedule.sizes)).lower_bound()[0]
     best = None
     orders = _topological_orders(schedule, order_search)
     for order in orders:
