@@ -82,6 +82,8 @@ typedef struct {
     const int16_t *weight16;       /* optional (NULL: unused), not for depthwise: EV_WEIGHT16 layout of weight */
 } ev_conv2d_t;
 void ev_conv2d(const ev_conv2d_t *p, const int8_t *x, int8_t *y, int16_t *scratch);
+/* its depthwise path (group == c == cout), in ev_depthwise.c; `plane` is the scratch (EV_DEPTHWISE_SCRATCH_BYTES) */
+void ev_conv2d_depthwise(const ev_conv2d_t *p, const int8_t *x, int8_t *y, int8_t *plane);
 
 typedef struct {
     int32_t rows, k, n;            /* x (rows, k) → y (rows, n) */
