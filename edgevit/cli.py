@@ -288,6 +288,8 @@ def cmd_tune(args) -> int:
     from .backends.tvm.tune import is_native, run_tune
     from .passes import pipeline
 
+    if args.top is not None and args.top < 1:
+        raise EdgevitError(f"--top {args.top}: must be >= 1")
     target = targets.load(args.target)
     remote = _remote(args)
     if target.backend == "tvm" and not is_native(target) and remote is None:  # fail before any model work
@@ -295,7 +297,8 @@ def cmd_tune(args) -> int:
                            "pass --rpc HOST:PORT (or --tracker HOST:PORT --key K)")
     source, model = _load_for_analysis(args)
     optimized, _ = pipeline.run(model, pipeline.select(_csv(args.passes), _csv(args.skip)))
-    run_tune(optimized, target, source.name, args.trials, tuple(args.input_size) if args.input_size else None, remote)
+    run_tune(optimized, target, source.name, args.trials, tuple(args.input_size) if args.input_size else None, remote,
+             args.top)
     return 0
 
 
@@ -494,6 +497,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", required=True, help="TVM target name (see `edgevit targets`)")
     p.add_argument("--trials", type=int, default=16,
                    help="measured candidates per task (default: 16); a rerun spends only what is missing")
+    p.add_argument("--top", type=int, metavar="K",
+                   help="spend --trials only on the K tasks that weigh most in the model's latency so far")
     _add_shape_args(p, batch_default=None)
     p.add_argument("--rpc", metavar="HOST:PORT", help="measure on a device running a TVM RPC server")
     p.add_argument("--tracker", metavar="HOST:PORT", help="measure on devices registered with a TVM RPC tracker")

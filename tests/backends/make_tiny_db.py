@@ -1,4 +1,4 @@
-"""Regenerate tests/backends/data/schedules/x86-avx2/tiny_conv/ (a 2-trial MetaSchedule database).
+"""Regenerate tests/backends/data/schedules/x86-avx2/tiny_conv/ (a MetaSchedule database, 2 trials per task).
 
     python -m tests.backends.make_tiny_db      (≈1.5 min on 2 cores; rerun after a TVM upgrade)
 
@@ -20,10 +20,13 @@ DEST = Path(__file__).parent / "data" / "schedules" / "x86-avx2" / "tiny_conv"
 
 
 def main() -> None:
-    target = adapter.make_target(targets.load("x86-avx2").options["target"], "x86-avx2")
-    mod = adapter.lower(adapter.import_onnx(tiny_conv_model(), {"x": [1, 3, 8, 8]}, {"x": "float32"}), target)
+    options = targets.load("x86-avx2").options
+    target = adapter.make_target(options["target"], "x86-avx2")
+    mod = adapter.lower(adapter.import_onnx(tiny_conv_model(), {"x": [1, 3, 8, 8]}, {"x": "float32"}), target,
+                        options.get("layout", "NCHW"))
     with tempfile.TemporaryDirectory() as work:
-        adapter.tune(mod, target, Path(work), max_trials=2)
+        tasks = len(adapter.Tuner(mod, target).task_names())
+        adapter.tune(mod, target, Path(work), max_trials=2 * tasks, max_trials_per_task=2)  # 2 per task
         DEST.mkdir(parents=True, exist_ok=True)
         for name in ("database_workload.json", "database_tuning_record.json"):
             shutil.copyfile(Path(work) / name, DEST / name)

@@ -24,6 +24,7 @@ from ..conftest import assert_one_line_error, run_cli
 from . import tiny_conv_model
 
 FIXTURE = Path(__file__).parent / "data" / "schedules" / "x86-avx2" / "tiny_conv"
+FIXTURE_RECORDS = len((FIXTURE / "database_tuning_record.json").read_text().splitlines())
 USERLAND = emulation.userland_dir()  # at collection time, as in test_tvm_emulated.py: reuse the cached userland
 DB_FILES = ("database_workload.json", "database_tuning_record.json")
 FACTORY = '''import torch
@@ -70,18 +71,23 @@ def test_tune_chunks_commit_and_resume(schedules, monkeypatch):
     target = targets.load("x86-avx2")
     first = run_tune(tiny_conv_model(), target, "tiny_conv", 2, (8, 8))
     folder = schedules / "x86-avx2" / "tiny_conv-8x8"
-    assert calls == [("fused_conv2d_relu", 2)]
-    assert first["new_records"] == 2 and first["records"] == 2 and first["database"] == str(folder)
+    names = [name for name, _ in calls]  # NHWC: the conv plus the layout transposes around it
+    assert "fused_conv2d_relu" in names and calls == [(name, 2) for name in names]
+    assert first["new_records"] == FIXTURE_RECORDS == first["records"] and first["database"] == str(folder)
     assert all((folder / f).stat().st_size > 0 for f in DB_FILES)
     ledger = json.loads((folder / "edgevit_tune.json").read_text())
     assert ledger["tasks"]["fused_conv2d_relu"]["trials"] == 2 and ledger["inputs"][0]["shape"] == [1, 3, 8, 8]
+    assert ledger["layout"] == "NHWC"
     assert not [p for p in folder.parent.iterdir() if p.name.endswith(".part")]
 
     again = run_tune(tiny_conv_model(), target, "tiny_conv", 2, (8, 8))
-    assert calls == [("fused_conv2d_relu", 2)] and again["new_records"] == 0 and again["tuned_tasks"] == 0
+    assert len(calls) == len(names) and again["new_records"] == 0 and again["tuned_tasks"] == 0
 
     run_tune(tiny_conv_model(), target, "tiny_conv", 3, (8, 8))  # a bigger budget spends only the difference
-    assert calls[-1] == ("fused_conv2d_relu", 1)
+    assert calls[len(names):] == [(name, 1) for name in names]
+
+    run_tune(tiny_conv_model(), target, "tiny_conv", 5, (8, 8), top=1)  # --top 1: the heaviest task only
+    assert len(calls) == 2 * len(names) + 1 and calls[-1][1] == 2
 
     # compile prefers <model>-<H>x<W>/ for a model of that size
     out = folder.parent / "out"
@@ -92,13 +98,13 @@ def test_tune_chunks_commit_and_resume(schedules, monkeypatch):
 
 
 def test_cli_tune_resumes_from_committed_database(schedules, tiny_onnx):
-    """The committed 2-trial database already holds --trials 2: the rerun does no trials, files unchanged."""
+    """The committed database holds ≥ 1 record per task: --trials 1 reruns nothing, files unchanged."""
     folder = schedules / "x86-avx2" / "tiny_conv"
     shutil.copytree(FIXTURE, folder)
     before = _digest(folder)
-    proc = run_cli("tune", str(tiny_onnx), "--target", "x86-avx2", "--trials", "2")
+    proc = run_cli("tune", str(tiny_onnx), "--target", "x86-avx2", "--trials", "1")
     assert proc.returncode == 0, proc.stderr
-    assert "tuned 0 of 1 tasks (0 new records, 2 in all)" in " ".join(proc.stderr.split())
+    assert f"tuned 0 of 3 tasks (0 new records, {FIXTURE_RECORDS} in all)" in " ".join(proc.stderr.split())
     assert _digest(folder) == before
     assert json.loads((folder / "edgevit_tune.json").read_text())["tasks"]["fused_conv2d_relu"]["trials"] == 2
 
@@ -107,6 +113,21 @@ def test_cli_tune_resumes_from_committed_database(schedules, tiny_onnx):
     assert proc.returncode == 0, proc.stderr
     assert "TVM build: tuned" in proc.stderr
     assert json.loads((out / "tiny_conv.tvm.json").read_text())["schedules"]["status"] == "tuned"
+
+
+def test_top_picks_the_tasks_that_weigh_most():
+    """--top K: weight × best latency decides; a task without a valid record outranks every measured one."""
+    from edgevit.backends.tvm.tune import heaviest
+
+    weights, best = [6.0, 1.0, 3.0, 2.0, 1.0], [1e-3, 5e-3, 3e-3, None, 1e-4]  # 6, 5, 9, ?, 0.1 ms
+    assert heaviest(weights, best, 1) == [3]
+    assert heaviest(weights, best, 3) == [0, 2, 3]
+    assert heaviest(weights, best, 9) == [0, 1, 2, 3, 4]
+
+
+def test_cli_tune_top_must_be_positive(tiny_onnx):
+    proc = run_cli("tune", str(tiny_onnx), "--target", "x86-avx2", "--top", "0", timeout=60)
+    assert_one_line_error(proc, 2, "--top 0")
 
 
 @pytest.mark.parametrize("command", ["tune", "bench"])

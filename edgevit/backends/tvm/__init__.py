@@ -113,10 +113,13 @@ def prepare(model: onnx.ModelProto, target):
         raise EdgevitError(f"TVM's ONNX importer cannot convert {len(bad)} op type(s): {', '.join(bad)}; "
                            "nothing was compiled")
     tvm_target = adapter.make_target(opts["target"], str(target.path))
+    layout = opts.get("layout", "NCHW")
+    if layout not in adapter.CONV_LAYOUTS:
+        raise EdgevitError(f"{target.path}: layout '{layout}' is not one of {', '.join(adapter.CONV_LAYOUTS)}")
     with ui.step("import ONNX into TVM Relax"):
         mod = adapter.import_onnx(model, {s["name"]: s["shape"] for s in inputs}, {s["name"]: s["dtype"] for s in inputs})
     with ui.step("lower to TIR (legalize, fold, fuse)"):
-        mod = adapter.lower(mod, tvm_target)
+        mod = adapter.lower(mod, tvm_target, layout)
     return model, inputs, adapter, tvm_target, mod
 
 
@@ -188,7 +191,8 @@ def compile_model(model: onnx.ModelProto, target, out_dir: Path, name: str, args
         "weights": "embedded in the library",
         "inputs": inputs,
         "outputs": outputs,
-        "target": {"name": target.name, "tvm": opts["target"], "cross_compiler": cross,
+        "target": {"name": target.name, "tvm": opts["target"], "layout": opts.get("layout", "NCHW"),
+                   "cross_compiler": cross,
                    "runtime_arch": opts.get("runtime_arch", platform.machine())},
         "versions": adapter.versions(),
         "schedules": schedules,

@@ -74,13 +74,21 @@ def make_target(spec: dict, where: str) -> tvm.target.Target:
         raise EdgevitError(f"{where}: TVM rejects the target {spec}: {first}") from None
 
 
-def lower(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
+CONV_LAYOUTS = {"NCHW": None, "NHWC": ["NHWC", "HWIO"]}  # [data, kernel] for relax.transform.ConvertLayout
+
+
+def lower(mod: tvm.IRModule, target: tvm.target.Target, layout: str = "NCHW") -> tvm.IRModule:
     """Relax → fused TIR PrimFuncs, exactly as MetaSchedule's static-shape tuning pipeline lowers it.
 
-    Tuning and compiling must see the same PrimFuncs, or a database's workloads would not match.
+    `layout` NHWC converts every conv2d to NHWC data / HWIO kernels first (transposes only where the graph
+    needs NCHW): output channels become the innermost, vectorizable axis, while NCHW leaves MetaSchedule the
+    image width (14, 7 in late stages) to vectorize. Tuning and compiling must see the same PrimFuncs, or a
+    database's workloads would not match.
     """
+    convert = [relax.transform.ConvertLayout({"relax.nn.conv2d": CONV_LAYOUTS[layout]})] if CONV_LAYOUTS[layout] else []
     with target:
         return tvm.transform.Sequential([
+            *convert,
             relax.transform.DecomposeOpsForInference(),
             relax.transform.CanonicalizeBindings(),
             relax.transform.LegalizeOps(),

@@ -5,7 +5,9 @@ The model is lowered exactly as `compile` lowers it (`prepare`), so the database
 database, and the copy replaces the committed files only when the chunk finished, so a run killed at any
 point keeps every finished task. Re-running counts the trials already spent per task (records in the
 database, or the ledger `edgevit_tune.json` if MetaSchedule measured fewer candidates than budgeted) and
-spends only what remains. With `--input-size` the folder is `<model>-<H>x<W>`, which compile prefers
+spends only what remains. `--top K` gives the budget only to the K tasks that weigh most in the model's
+latency (weight × best latency so far; untuned tasks first): after a first pass over every task, the
+trials go where the time is. With `--input-size` the folder is `<model>-<H>x<W>`, which compile prefers
 for a model of that size.
 """
 
@@ -64,9 +66,16 @@ def _estimate(weights: list[float], best: list[float | None]) -> float | None:
     return sum(known) if known else None
 
 
+def heaviest(weights: list[float], best: list[float | None], k: int) -> list[int]:
+    """The k tasks with the largest weight × best latency, a task without a valid record counting as heaviest."""
+    order = sorted(range(len(weights)), key=lambda i: (best[i] is not None, -(weights[i] * (best[i] or 0.0)), i))
+    return sorted(order[:k])
+
+
 def run_tune(model: onnx.ModelProto, target, name: str, trials: int, input_size: tuple[int, int] | None,
-             remote: dict | None = None) -> dict:
-    """Tune `model` for `target`; `remote` = {"host", "port", "key" (tracker) or None (bare server)}."""
+             remote: dict | None = None, top: int | None = None) -> dict:
+    """Tune `model` for `target`; `remote` = {"host", "port", "key" (tracker) or None (bare server)};
+    `top`: spend the budget on the `top` heaviest tasks only."""
     if trials < 0:
         raise EdgevitError(f"--trials {trials}: must be >= 0")
     if target.backend != "tvm":
@@ -87,13 +96,16 @@ def run_tune(model: onnx.ModelProto, target, name: str, trials: int, input_size:
     counts = tuner.records(folder)
     spent = [max(n, int(spent_before.get(t, {}).get("trials", 0))) for t, (n, _) in zip(names, counts)]
     best = [b for _, b in counts]
-    todo = [i for i in range(len(names)) if spent[i] < trials]
-    ui.console.print(f"{name} → {target.name}: {len(names)} tasks, {trials} trials per task; "
-                     f"{len(names) - len(todo)} already have their budget; database {folder}")
+    chosen = heaviest(weights, best, top) if top else range(len(names))
+    todo = [i for i in chosen if spent[i] < trials]
+    scope = f"the {len(chosen)} heaviest of {len(names)} tasks" if top else f"{len(names)} tasks"
+    ui.console.print(f"{name} → {target.name}: {scope}, {trials} trials per task; "
+                     f"{len(chosen) - len(todo)} already have their budget; database {folder}")
 
     def save_ledger() -> None:
-        doc = {"model": name, "target": target.name, "tvm_target": target.options["target"], "inputs": inputs,
-               "trials_per_task": max(trials, int(ledger.get("trials_per_task", 0))),
+        doc = {"model": name, "target": target.name, "tvm_target": target.options["target"],
+               "layout": target.options.get("layout", "NCHW"), "inputs": inputs,
+               "trials_per_task": min(spent),  # every task has at least this many; see "tasks" for each
                "tasks": {t: {"trials": s, "weight": w, "best_seconds": b}
                          for t, s, w, b in zip(names, spent, weights, best)}}
         write_text_atomic(ledger_path, json.dumps(doc, indent=2) + "\n")
@@ -105,7 +117,7 @@ def run_tune(model: onnx.ModelProto, target, name: str, trials: int, input_size:
                TextColumn("{task.fields[best]}"))
     folder.mkdir(parents=True, exist_ok=True)
     with Progress(*columns, console=ui.console) as progress:
-        bar = progress.add_task("tuning tasks", total=len(names), completed=len(names) - len(todo),
+        bar = progress.add_task("tuning tasks", total=len(chosen), completed=len(chosen) - len(todo),
                                 best=f"model ≈ {_ms(_estimate(weights, best))}")
         for i in todo:
             budget = trials - spent[i]

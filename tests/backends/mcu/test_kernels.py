@@ -929,6 +929,19 @@ def dw_bias_edge_case(rng) -> Case:
     return case
 
 
+
+def dw_lim_case(rng) -> Case:
+    """Depthwise 3×3 with biases at and just past ±(2^29 − 1 − 255·128·9), where the SIMD path (doubled sum,
+    SMMLAR requantization) hands over to the exact one."""
+    case = conv_case(rng, 1, 4, 5, 6, 4, (3, 3), pads=(1, 1, 1, 1), group=4, x_zp=-128, negative=True)
+    p = case.args[0].values
+    lim = (1 << 29) - 1 - 255 * 128 * 9
+    b = np.array([lim, lim + 1, -lim, -lim - 1], np.int64).astype(np.int32)
+    p["bias"] = b
+    case.expected = K.conv2d(case.args[1].a, -128, p["weight"], b, p["mult"], p["shift"], 0, (1, 1), (1, 1, 1, 1),
+                             (1, 1), 4)
+    return case
+
 def simd_cases() -> list[Case]:
     """conv2d (4-pixel blocks + short last blocks, odd receptive fields, pointwise), depthwise, linear (4-row
     blocks + tails), matmul (4-column blocks + tails, odd k)."""
@@ -965,6 +978,7 @@ def simd_cases() -> list[Case]:
         conv_case(rng, 1, 5, 1, 1, 5, (3, 3), pads=(1, 1, 1, 1), group=5, x_zp=127, out_zp=-128),
         conv_case(rng, 1, 16, 16, 16, 16, (3, 3), pads=(1, 1, 1, 1), group=16, x_zp=-128, out_zp=50),
         dw_bias_edge_case(rng),
+        dw_lim_case(rng),
         # int16 pre-expanded weights (EV_WEIGHT16): k = 27 (odd: padded rows), 16 (pointwise), 288, 44 (≡ 4 mod 8),
         # 37 (≡ 1 mod 4), 6 (≡ 2 mod 4), 200; a depthwise conv that must ignore weight16
         conv_case(rng, 1, 3, 7, 9, 5, (3, 3), pads=(1, 1, 1, 1), x_zp=-128, out_zp=5, wide=True),
