@@ -192,9 +192,13 @@ def build_project(model, target, out_dir: Path, name: str, args=None) -> tuple[B
 
     # int16 conv/linear weights in flash save ~5–10 % of the instructions; use them when the doubled
     # weights fit the flash budget (the link decides; an overflow falls back to int8 weights)
-    wide_extra = sum(n.params["weight"].nbytes for n in q.nodes if n.op == "linear" or
-                     n.op == "conv2d" and not (n.attrs["group"] == n.params["weight"].shape[0] > 1 and
-                                               n.params["weight"].shape[1] == 1))
+    wide_extra = 0  # EV_WEIGHT16 bytes beyond the int8 weights they replace
+    for n in q.nodes:
+        if n.op in ("conv2d", "linear"):
+            w = n.params["weight"]  # linear's is (k, n): EV_WEIGHT16 has its rows
+            w16 = codegen.weight16_nbytes(w.shape, n.attrs["group"]) if n.op == "conv2d" else \
+                codegen.weight16_nbytes(w.shape[::-1])
+            wide_extra += w16 - w.nbytes if w16 else 0
     layouts = [True, False] if weights + wide_extra + CODE_ESTIMATE <= flash else [False]
     inputs = _inputs(q, max(VERIFY_SAMPLES, TEST_INPUTS), seed=0)
     linked = None

@@ -77,22 +77,78 @@ def _broadcast_strides(shape: list[int], out: list[int], node: QNode) -> list[in
     return result
 
 
-def weight16_layout(rows: np.ndarray) -> np.ndarray:
-    """EV_WEIGHT16 (ev_kernels.h) of weight rows (n, k): each row's blocks of 4 as (w0, w2, w1, w3), the k % 4
-    tail in order, a 0 when k is odd."""
-    rows = np.asarray(rows).reshape(rows.shape[0], -1).astype(np.int16)
-    n, k = rows.shape
+WEIGHT16_MAX_K = 32768  # EV_WEIGHT16's limit: the doubled sums fit int32
+
+
+def _step_order(k: int, kw: int = 0) -> np.ndarray:
+    """The value index of each int16 of a row in the kernels' steps of 2 (ev_common.h), k for the zero pad: per
+    block of 4 (w0, w2), (w1, w3), then the k % 4 tail as (w0, w1) and (w0, 0); for 3-wide kernels (kw == 3) per
+    group of 4 kernel rows each row's (w0, w2), then the rows' w1 by twos (EV_WEIGHT16)."""
+    if kw == 3:
+        idx, rows = [], k // 3
+        for g in range(0, rows, 4):
+            group = range(g, min(g + 4, rows))
+            idx += [v for r in group for v in (3 * r, 3 * r + 2)] + [3 * r + 1 for r in group]
+            idx += [k] * (len(group) % 2)
+        return np.array(idx, np.int64)
     k4 = k & ~3
-    out = np.zeros((n, (k + 1) & ~1), np.int16)
-    out[:, :k4] = rows[:, :k4].reshape(n, -1, 4)[:, :, [0, 2, 1, 3]].reshape(n, k4)
-    out[:, k4:k] = rows[:, k4:]
-    return out
+    idx = np.arange(k4).reshape(-1, 4)[:, [0, 2, 1, 3]].reshape(-1).tolist()
+    if k - k4 >= 2:
+        idx += [k4, k4 + 1]
+    if k % 2:
+        idx += [k - 1, k]
+    return np.array(idx, np.int64)
 
 
-def _weight_defs(sym: str, weight, bias, mult, shift, wide: bool) -> tuple[dict, list[str]]:
+def _int32_as_int16(v) -> np.ndarray:
+    """int32 values (wrapped) as little-endian int16 pairs: (..., n) → (..., 2n)"""
+    v = (np.asarray(v, np.int64) & 0xFFFFFFFF).astype(np.uint32).astype("<u4")
+    return v.view("<i2").reshape(*v.shape[:-1], -1)
+
+
+def weight16_nbytes(shape, group: int = 1) -> int:
+    """Bytes of EV_WEIGHT16 for weights of `shape` (n, ...) in `group` groups, or 0 where the layer keeps int8
+    weights (depthwise conv2d, reductions over WEIGHT16_MAX_K)."""
+    n, k = shape[0], _prod(shape[1:])
+    if (len(shape) == 4 and group == n and shape[1] == 1) or k > WEIGHT16_MAX_K:  # depthwise: group == c == cout
+        return 0
+    return group * -(-(n // group) // 2) * (4 * (k + (k & 1)) + 32)
+
+
+def weight16_layout(rows: np.ndarray, bias, mult, shift, out_zp: int, group: int = 1) -> np.ndarray:
+    """EV_WEIGHT16 (ev_kernels.h) of weight rows (n, k) — or conv2d weights (n, c/group, kh, kw), kw == 3 taking
+    its kernel-row order — in `group` groups: per pair of output channels of a group (a zero channel after an odd
+    group's last) int32 2·bias of both, their doubled rows interleaved in steps of 2 values, then int32 (M, c, n)
+    of ev_rq2 for each (zeros where ev_rq2_ok fails)."""
+    rows = np.asarray(rows)
+    n = rows.shape[0]
+    w = rows.reshape(n, -1).astype(np.int16) * 2
+    k = w.shape[1]
+    w = np.concatenate([w, np.zeros((n, 1), np.int16)], 1)[:, _step_order(k, rows.shape[-1] if rows.ndim == 4 else 0)]
+    m = np.broadcast_to(np.asarray(mult, np.int64), (n,))
+    e = np.broadcast_to(np.asarray(shift, np.int64), (n,))
+    ok = (m >= 0) & (e <= -1) & (e >= -23)
+    sh = np.where(ok, -e, 1)
+    q = np.where(ok[:, None], np.stack([m, (1 << (sh - 1)) + out_zp * (1 << sh), sh], 1), 0)  # ev_rq2_make
+    b2 = 2 * np.asarray(bias, np.int64).reshape(n)
+    og, steps = n // group, w.shape[1] // 2
+    w, q, b2 = w.reshape(group, og, steps, 2), q.reshape(group, og, 3), b2.reshape(group, og)
+    if og % 2:
+        w = np.concatenate([w, np.zeros((group, 1, steps, 2), np.int16)], 1)
+        q = np.concatenate([q, np.zeros((group, 1, 3), np.int64)], 1)
+        b2 = np.concatenate([b2, np.zeros((group, 1), np.int64)], 1)
+    pairs = w.shape[1] // 2
+    w = w.reshape(group, pairs, 2, steps, 2).transpose(0, 1, 3, 2, 4).reshape(group, pairs, 4 * steps)
+    head = _int32_as_int16(b2.reshape(group, pairs, 2))
+    tail = _int32_as_int16(q.reshape(group, pairs, 6))
+    return np.ascontiguousarray(np.concatenate([head, w, tail], 2).reshape(-1))
+
+
+def _weight_defs(sym: str, weight, bias, mult, shift, out_zp: int, wide: bool,
+                 group: int = 1) -> tuple[dict, list[str]]:
     """Struct fields and const arrays of a conv2d / linear layer: int8 weights, or int16 (weight16) ones."""
     if wide:
-        arrays = [c_array("int16_t", f"{sym}_weight16", weight16_layout(weight))]
+        arrays = [c_array("int16_t", f"{sym}_weight16", weight16_layout(weight, bias, mult, shift, out_zp, group))]
         refs = {"weight": "NULL"}
     else:
         arrays = [c_array("int8_t", f"{sym}_weight", weight)]
@@ -140,17 +196,19 @@ class _Lowering:
                       stride_w=a["strides"][1], pad_t=pt, pad_l=pl, dil_h=a["dilations"][0], dil_w=a["dilations"][1],
                       group=a["group"], x_zp=a["x_zp"], out_zp=a["out_zp"])
 
-        wide = self.wide_weights and not (a["group"] == c == cout)  # depthwise reads the int8 weights
+        wide = self.wide_weights and weight16_nbytes(p["weight"].shape, a["group"]) > 0
 
         def emit(ptr, sym):
-            refs, defs = _weight_defs(sym, p["weight"], p["bias"], p["mult"], p["shift"], wide)
+            refs, defs = _weight_defs(sym, p["weight"], p["bias"], p["mult"], p["shift"], a["out_zp"], wide,
+                                      a["group"])
             return [_struct("ev_conv2d_t", sym, {**fields, **refs}),
                     f"ev_conv2d(&{sym}, {ptr(n.inputs[0])}, {ptr(n.outputs[0])}, {ptr('#scratch')});"], defs
         if a["group"] == c == cout:  # depthwise: one padded channel plane (EV_DEPTHWISE_SCRATCH_BYTES)
             sh, sw, dh, dw = a["strides"][0], a["strides"][1], a["dilations"][0], a["dilations"][1]
             scratch = ((oh - 1) * sh + (kh - 1) * dh + 1) * (((ow - 1) * sw + (kw - 1) * dw + 5) & ~3)
-        else:
-            scratch = 12 * cg * kh * kw
+        else:  # EV_CONV2D_SCRATCH_BYTES
+            k = cg * kh * kw
+            scratch = 8 * (k + (k & 1)) + 4 * cg * kh
         self.add(n, emit, scratch=scratch, macs=nb * cout * oh * ow * cg * kh * kw)
 
     def linear(self, n: QNode) -> None:
@@ -160,14 +218,15 @@ class _Lowering:
         weight_t = np.ascontiguousarray(p["weight"].T)  # (n, k): contiguous rows for the dot products
         fields = dict(rows=rows, k=k, n=nout, x_zp=a["x_zp"], out_zp=a["out_zp"])
 
-        wide = self.wide_weights
+        wide = self.wide_weights and weight16_nbytes(weight_t.shape) > 0
 
         def emit(ptr, sym):
             refs, defs = _weight_defs(sym, weight_t, p["bias"], np.broadcast_to(p["mult"], (nout,)),
-                                      np.broadcast_to(p["shift"], (nout,)), wide)
+                                      np.broadcast_to(p["shift"], (nout,)), a["out_zp"], wide)
             return [_struct("ev_linear_t", sym, {**fields, **refs}),
                     f"ev_linear(&{sym}, {ptr(n.inputs[0])}, {ptr(n.outputs[0])}, {ptr('#scratch')});"], defs
-        self.add(n, emit, scratch=8 * k, share="rows", share_inputs=(0,), rows=(rows, k, nout), macs=rows * k * nout)
+        self.add(n, emit, scratch=8 * (k + (k & 1)), share="rows", share_inputs=(0,), rows=(rows, k, nout),
+                 macs=rows * k * nout)
 
     def matmul(self, n: QNode) -> None:
         a, p = n.attrs, n.params
@@ -193,7 +252,8 @@ class _Lowering:
             return [_struct("ev_matmul_t", sym, fields),
                     f"ev_matmul(&{sym}, {ptr(n.inputs[0])}, {ptr(n.inputs[1])}, {ptr(n.outputs[0])}, "
                     f"{ptr('#scratch')});"], []
-        self.add(n, emit, scratch=2 * k * -(-nn // 4) * 4, macs=batch * m * k * nn)
+        k2 = k + (k & 1)  # EV_MATMUL_SCRATCH_BYTES
+        self.add(n, emit, scratch=-(-nn // 2) * (4 * k2 + 32) + 8 * k2, macs=batch * m * k * nn)
 
     def binary(self, n: QNode) -> None:
         a, p = n.attrs, n.params

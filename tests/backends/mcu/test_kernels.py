@@ -194,6 +194,10 @@ def check(lib, case: Case) -> None:
 weight16 = weight16_layout  # the layout the code generator emits (EV_WEIGHT16)
 
 
+def k2(k: int) -> int:
+    return k + (k & 1)  # EV_WEIGHT16_ROW: k rounded up to even
+
+
 def conv_case(rng, n, c, h, w, cout, kernel, stride=(1, 1), pads=(0, 0, 0, 0), dil=(1, 1), group=1,
               x_zp=0, out_zp=0, bias=True, negative=False, gain=1.0, wild=False, wide=False) -> Case:
     kh, kw = kernel
@@ -212,11 +216,11 @@ def conv_case(rng, n, c, h, w, cout, kernel, stride=(1, 1), pads=(0, 0, 0, 0), d
     p = dict(n=n, c=c, h=h, w=w, cout=cout, oh=oh, ow=ow, kh=kh, kw=kw, stride_h=stride[0], stride_w=stride[1],
              pad_t=pads[0], pad_l=pads[1], dil_h=dil[0], dil_w=dil[1], group=group, x_zp=x_zp, out_zp=out_zp,
              weight=None if wide and not group == c == cout else wq, bias=b if bias else None, mult=m, shift=s,
-             weight16=weight16(wq) if wide else None)
+             weight16=weight16(wq, b, m, s, out_zp, group) if wide else None)
     if group == c == cout:  # EV_DEPTHWISE_SCRATCH_BYTES: one zero-point-padded channel plane
         scratch = ((oh - 1) * stride[0] + (kh - 1) * dil[0] + 1) * (((ow - 1) * stride[1] + (kw - 1) * dil[1] + 5) & ~3)
-    else:
-        scratch = 12 * cg * kh * kw
+    else:  # EV_CONV2D_SCRATCH_BYTES
+        scratch = 8 * k2(cg * kh * kw) + 4 * cg * kh
     return Case("ev_conv2d", [S("ev_conv2d_t", p), In(x), Out(ref.size), Scratch(scratch)], ref)
 
 
@@ -232,8 +236,8 @@ def linear_case(rng, rows, k, n, x_zp=0, out_zp=0, bias=True, negative=False, wi
         (m, s), b = wild_mults(rng, n), wild_bias(rng, n)
     ref = K.linear(x, x_zp, w, b, m, s, out_zp)
     p = dict(rows=rows, k=k, n=n, x_zp=x_zp, out_zp=out_zp, weight=None if wide else np.ascontiguousarray(w.T),
-             bias=b if bias else None, mult=m, shift=s, weight16=weight16(w.T) if wide else None)
-    return Case("ev_linear", [S("ev_linear_t", p), In(x), Out(ref.size), Scratch(8 * k)], ref)
+             bias=b if bias else None, mult=m, shift=s, weight16=weight16(w.T, b, m, s, out_zp) if wide else None)
+    return Case("ev_linear", [S("ev_linear_t", p), In(x), Out(ref.size), Scratch(8 * k2(k))], ref)
 
 
 def matmul_case(rng, batch, m, k, n, a_bcast=False, b_bcast=False, a_zp=0, b_zp=0, out_zp=0, gain=1.0,
@@ -248,7 +252,8 @@ def matmul_case(rng, batch, m, k, n, a_bcast=False, b_bcast=False, a_zp=0, b_zp=
     p = dict(batch=batch, m=m, k=k, n=n, a_batch_stride=0 if a_bcast else m * k,
              b_batch_stride=0 if b_bcast else k * n, a_zp=a_zp, b_zp=b_zp, out_zp=out_zp, mult=int(mm[0]),
              shift=int(sh[0]))
-    return Case("ev_matmul", [S("ev_matmul_t", p), In(a), In(b), Out(ref.size), Scratch(2 * k * (-(-n // 4) * 4))], ref)
+    scratch = -(-n // 2) * (4 * k2(k) + 32) + 8 * k2(k)  # EV_MATMUL_SCRATCH_BYTES
+    return Case("ev_matmul", [S("ev_matmul_t", p), In(a), In(b), Out(ref.size), Scratch(scratch)], ref)
 
 
 def bcast_dims(sa, sb, pad6=False) -> tuple[dict, tuple]:
@@ -874,6 +879,8 @@ static int requant_selftest(void) { /* ev_common.h's requantizations == the head
         if (ev_rq_ok(mult, shift)) /* the SMLAL requantization of conv2d / linear / matmul */
             bad += ev_rq(ev_sat_add(sum, bias), ev_rq_make(mult, shift, zp)) !=
                    ev_requantize((int64_t)sum + bias, mult, shift, zp);
+        if (ev_rq2_ok(mult, shift)) /* the SMMLAR one of the 2 × 4 kernel, from doubled sums within ±2^29 */
+            bad += ev_rq2(2 * (sum >> 3), ev_rq2_make(mult, shift, zp)) != ev_requantize(sum >> 3, mult, shift, zp);
         bad += ev_clamp8_sum3(sum, bias, zp) != ev_clamp8((int64_t)sum + bias + zp);
     }
     return bad;
@@ -993,6 +1000,20 @@ def simd_cases() -> list[Case]:
         linear_case(rng, 5, 7, 3, x_zp=-128, out_zp=127, wide=True),
         linear_case(rng, 2, 200, 4, x_zp=0, wide=True),
         linear_case(rng, 4, 6, 9, x_zp=127, negative=True, wide=True),
+        # 3-wide kernels' row order (EV_WEIGHT16): word loads inside, masked words and taps at the borders, 5 and
+        # 3 kernel rows per group (odd middles), dilations, an odd channel count per group, a 1×3 kernel
+        conv_case(rng, 1, 5, 9, 8, 6, (3, 3), stride=(2, 2), pads=(1, 1, 1, 1), x_zp=-3, wide=True),
+        conv_case(rng, 1, 3, 8, 7, 4, (3, 3), pads=(2, 0, 1, 2), dil=(2, 1), x_zp=90, out_zp=-9, wide=True),
+        conv_case(rng, 1, 2, 6, 9, 3, (3, 3), pads=(1, 2, 1, 2), dil=(1, 2), x_zp=-128, wide=True),
+        conv_case(rng, 1, 4, 7, 6, 6, (3, 3), pads=(1, 1, 1, 1), group=2, x_zp=5, wide=True),
+        conv_case(rng, 2, 7, 3, 9, 5, (1, 3), stride=(1, 2), pads=(0, 1, 0, 0), x_zp=-60, wide=True),
+        conv_case(rng, 1, 1, 2, 1, 2, (3, 3), pads=(1, 1, 1, 1), x_zp=17, wide=True),
+        # kw a multiple of 4: a kernel row's blocks read as words inside, tap by tap at the borders
+        conv_case(rng, 1, 3, 16, 12, 8, (4, 4), stride=(4, 4), x_zp=9, wide=True),
+        conv_case(rng, 1, 2, 9, 10, 6, (2, 4), stride=(2, 2), pads=(1, 1, 2, 1), x_zp=-77, wide=True),
+        # matmul with b packed undoubled for a requantization other than ev_rq2's
+        matmul_case(rng, 2, 5, 14, 11, a_zp=3, b_zp=-7, wild=True),
+        matmul_case(rng, 1, 6, 9, 8, a_zp=-128, b_zp=127, out_zp=5, wild=True),
     ]
     return cases
 

@@ -1,13 +1,17 @@
-/* Private to the kernels (not part of the API): the int8 · int16 dot product of conv2d, linear and matmul and
- * fast int32 requantizations used by every op with int32 sums, each in an ACLE SIMD version (__ARM_FEATURE_DSP)
- * and a portable C version.
+/* Private to the kernels (not part of the API): the int16 dot products of conv2d, linear and matmul and fast
+ * int32 requantizations used by every op with int32 sums, each in an ACLE SIMD version (__ARM_FEATURE_DSP) and a
+ * portable C version.
  *
- * The int16 operand (x − zero point, built by the kernel in its scratch) holds FOUR vectors (pixels, rows or
- * columns) interleaved by ev_pack4, each PERMUTED in blocks of 4 as (v0, v2, v1, v3): the order in which
- * __sxtb16(w) = (w0, w2) and __sxtb16(w ror 8) = (w1, w3) unpack 4 int8 weights read as one word, so the SIMD
- * loop needs no shuffle, and each weight word is unpacked once for 4 outputs: per 4 values 1 LDR + 2 SXTB16 +
- * 4 LDRD + 8 SMLAD (~1 MAC per instruction). Both builds use the same layout, so the host tests cover the
- * packing too. All sums are exact integers: any accumulation order gives the reference's bits.
+ * Dot products run on int16 operands in STEPS of 2 values: per block of 4 values the pairs (v0, v2) and
+ * (v1, v3) — the order in which __sxtb16(w) = (w0, w2) and __sxtb16(w ror 8) = (w1, w3) unpack 4 int8 read as
+ * one word, so packing needs no shuffle — then the k % 4 tail as (v0, v1) and (v0, 0): S = ceil(k/2) steps.
+ *   quad operand (scratch, ev_pack4 / conv2d's im2col: x − zero point of 4 pixels / rows): per step the 4
+ *   vectors' pairs
+ *   pair operand (EV_WEIGHT16 pair blocks of two output channels; matmul packs b's columns so): per step the 2
+ *   vectors' pairs
+ * The 2 × 4 kernel (ev_run_pairs) then does per step one LDRD of the pair operand, two of the quad operand and 8
+ * SMLAD: 16 MACs in 11 instructions. Both builds use the same layouts, so the host tests cover the packing too.
+ * All sums are exact integers: any accumulation order gives the reference's bits.
  */
 #ifndef EV_COMMON_H
 #define EV_COMMON_H
@@ -40,6 +44,24 @@ static inline int32_t ev_lo(uint32_t v) { return __sxtb16((int32_t)v); } /* (v0,
 static inline int32_t ev_hi(uint32_t v) {
     int32_t r;
     __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(v));
+    return r;
+}
+/* (v0, v2) + nz and (v1, v3) + nz halfwise (nz = −zero point in both halves): unpack and subtract in one */
+static inline int32_t ev_lo_add(uint32_t v, int32_t nz) { return __sxtab16(nz, (int32_t)v); }
+static inline int32_t ev_hi_add(uint32_t v, int32_t nz) {
+    int32_t r;
+    __asm__("sxtab16 %0, %1, %2, ror #8" : "=r"(r) : "r"(nz), "r"(v));
+    return r;
+}
+/* (a's low half, b's low half) and (a's high half, b's high half): PKHBT / PKHTB, which GCC does not pick */
+static inline uint32_t ev_pk_lo(uint32_t a, uint32_t b) {
+    uint32_t r;
+    __asm__("pkhbt %0, %1, %2, lsl #16" : "=r"(r) : "r"(a), "r"(b));
+    return r;
+}
+static inline uint32_t ev_pk_hi(uint32_t a, uint32_t b) {
+    uint32_t r;
+    __asm__("pkhtb %0, %2, %1, asr #16" : "=r"(r) : "r"(a), "r"(b));
     return r;
 }
 /* (a, b) = the two words at p (word aligned), p += 4 int16 */
@@ -139,254 +161,306 @@ static inline int8_t ev_rq(int32_t x, ev_rq_t q) {
 #endif
 }
 
-/* The k % 4 tail of the 1-row × 4-vector dot products below (int8 or int16 weights `w`, scratch `sp` at value
- * i), then the four sums back into acc. */
-#define EV_DOT_1X4_TAIL()                                                                                       \
-    do {                                                                                                        \
-        for (; i < k; i++, sp += 4) {                                                                           \
-            const int32_t p = w[i];                                                                             \
-            c0 += (uint32_t)(p * sp[0]); c1 += (uint32_t)(p * sp[1]);                                           \
-            c2 += (uint32_t)(p * sp[2]); c3 += (uint32_t)(p * sp[3]);                                           \
-        }                                                                                                       \
-        acc[0] = (int32_t)c0; acc[1] = (int32_t)c1; acc[2] = (int32_t)c2; acc[3] = (int32_t)c3;                \
-    } while (0)
+/* Requantization of a DOUBLED sum in 5 instructions per output (SMMLAR, ADD, ASR, SSAT, STRB) when
+ * ev_rq2_ok(M, e) — M ≥ 0, n = −e ∈ [1, 23] — and |x| < 2^29 (x = sum + bias: no saturation). With x2 = 2x,
+ * SRDHM(x, M) = floor((x·M + 2^30) / 2^31) = floor((x2·M + 2^31) / 2^32): SMMLAR's rounding. Then
+ *   z_o + RDBPOT(h, n) = (h + c − [h<0]) >> n,  c = 2^(n−1) + z_o·2^n   (ties away from zero, n ≥ 1)
+ * with c as SMMLAR's addend and [h<0] replaced by [x<0]: they differ only when −2^30 ≤ x·M < 0, where h = 0 and
+ * both give z_o. |h + c| < 2^29 + 2^30 + 2^22: no overflow. The 2 × 4 kernel gets x2 for free: doubled EV_WEIGHT16
+ * weights, matmul's b doubled in its packing. */
+static inline int ev_rq2_ok(int32_t mult, int32_t shift) { return mult >= 0 && shift <= -1 && shift >= -23; }
 
-/* Four int16 vectors (v_j[i] = x_j[i·st] − zp, x_j = xv[j]), i < k, interleaved for ev_dot_1x4: per block of
- * 4 values the 4 of v_0, of v_1, of v_2, of v_3, each permuted (v0, v2, v1, v3); then the k % 4 tail as
- * quadruples (v_0[i], v_1[i], v_2[i], v_3[i]). 4k values. */
+static inline int ev_rq2_ok_all(const int32_t *mult, const int32_t *shift, int32_t n) {
+    int ok = 1;
+    for (int32_t i = 0; i < n; i++) ok &= ev_rq2_ok(mult[i], shift[i]);
+    return ok;
+}
+
+/* every sum + bias of a call within ±2^29: |bias| + per·k below it (per: the largest |product|; bias may be NULL) */
+static inline int ev_rq2_range_ok(const int32_t *bias, int32_t n, int32_t k, int32_t per) {
+    const int64_t lim = ((int64_t)1 << 29) - (int64_t)per * k;
+    int ok = lim > 0;
+    for (int32_t i = 0; bias && i < n; i++) ok &= bias[i] < lim && bias[i] > -lim;
+    return ok;
+}
+
+typedef struct { /* one channel's constants for ev_rq2 */
+    int32_t mult, c, n;
+} ev_rq2_t;
+
+static inline ev_rq2_t ev_rq2_make(int32_t mult, int32_t shift, int32_t zp) {
+    const int32_t n = -shift;
+    ev_rq2_t q = {mult, (int32_t)((1u << (n - 1)) + ((uint32_t)zp << n)), n};
+    return q;
+}
+
+/* clamp8(z_o + RDBPOT(SRDHM(x, M), n)) of x2 = 2x, when ev_rq2_ok and |x| < 2^29 */
+static inline int8_t ev_rq2(int32_t x2, ev_rq2_t q) {
+#if EV_SIMD
+    int32_t h;
+    __asm__("smmlar %0, %1, %2, %3" : "=r"(h) : "r"(x2), "r"(q.mult), "r"(q.c));
+    return (int8_t)__ssat((h + (x2 >> 31)) >> q.n, 8);
+#else
+    const int32_t h = (int32_t)(((int64_t)x2 * q.mult + ((int64_t)1 << 31)) >> 32) + q.c;
+    return ev_clamp8((h + (x2 >> 31)) >> q.n);
+#endif
+}
+
+/* Four int16 vectors (v_j[i] = x_j[i·st] − zp, x_j = xv[j]), i < k, as the quad operand: per step the pairs
+ * (v_0, v_1, v_2, v_3), 8·ceil(k/2) values. */
 static inline void ev_pack4(const int8_t *const xv[4], int32_t st, int32_t k, int32_t zp, int16_t *s) {
-    const int8_t *x0 = xv[0], *x1 = xv[1], *x2 = xv[2], *x3 = xv[3];
     int32_t i = 0;
 #if EV_SIMD
-    const int32_t zz = (int32_t)(((uint32_t)zp & 0xFFFFu) * 0x10001u);
-    if (st == 1) { /* contiguous vectors: one word of each */
+    const int8_t *x0 = xv[0], *x1 = xv[1], *x2 = xv[2], *x3 = xv[3];
+    const int32_t nz = (int32_t)(((uint32_t)-zp & 0xFFFFu) * 0x10001u);
+    if (st == 1) { /* contiguous vectors: one word of each; lo = (v0, v2), hi = (v1, v3) */
         for (; i + 4 <= k; i += 4, s += 16) {
             const uint32_t v0 = ev_ld32(x0 + i), v1 = ev_ld32(x1 + i), v2 = ev_ld32(x2 + i), v3 = ev_ld32(x3 + i);
-            ev_st32(s, (uint32_t)__ssub16(ev_lo(v0), zz));
-            ev_st32(s + 2, (uint32_t)__ssub16(ev_hi(v0), zz));
-            ev_st32(s + 4, (uint32_t)__ssub16(ev_lo(v1), zz));
-            ev_st32(s + 6, (uint32_t)__ssub16(ev_hi(v1), zz));
-            ev_st32(s + 8, (uint32_t)__ssub16(ev_lo(v2), zz));
-            ev_st32(s + 10, (uint32_t)__ssub16(ev_hi(v2), zz));
-            ev_st32(s + 12, (uint32_t)__ssub16(ev_lo(v3), zz));
-            ev_st32(s + 14, (uint32_t)__ssub16(ev_hi(v3), zz));
+            ev_st32(s, (uint32_t)ev_lo_add(v0, nz));
+            ev_st32(s + 2, (uint32_t)ev_lo_add(v1, nz));
+            ev_st32(s + 4, (uint32_t)ev_lo_add(v2, nz));
+            ev_st32(s + 6, (uint32_t)ev_lo_add(v3, nz));
+            ev_st32(s + 8, (uint32_t)ev_hi_add(v0, nz));
+            ev_st32(s + 10, (uint32_t)ev_hi_add(v1, nz));
+            ev_st32(s + 12, (uint32_t)ev_hi_add(v2, nz));
+            ev_st32(s + 14, (uint32_t)ev_hi_add(v3, nz));
         }
     } else if (x1 == x0 + 1 && x2 == x0 + 2 && x3 == x0 + 3) {
         /* 4 adjacent pixels of NCHW: one word holds the 4 vectors' values at i; 4 words (i .. i+3) are
-         * transposed with SXTB16 and halfword packing */
+         * transposed with SXTAB16 and halfword packing */
         for (; i + 4 <= k; i += 4, s += 16) {
             const int8_t *a = x0 + i * st;
             const uint32_t u0 = ev_ld32(a), u1 = ev_ld32(a + st), u2 = ev_ld32(a + 2 * st), u3 = ev_ld32(a + 3 * st);
             /* lo(u_c) = (v_0, v_2) at i+c, hi(u_c) = (v_1, v_3) at i+c, minus zp */
-            const uint32_t l0 = (uint32_t)__ssub16(ev_lo(u0), zz), l1 = (uint32_t)__ssub16(ev_lo(u1), zz);
-            const uint32_t l2 = (uint32_t)__ssub16(ev_lo(u2), zz), l3 = (uint32_t)__ssub16(ev_lo(u3), zz);
-            const uint32_t h0 = (uint32_t)__ssub16(ev_hi(u0), zz), h1 = (uint32_t)__ssub16(ev_hi(u1), zz);
-            const uint32_t h2 = (uint32_t)__ssub16(ev_hi(u2), zz), h3 = (uint32_t)__ssub16(ev_hi(u3), zz);
-            /* v_j's permuted block: (c0, c2), (c1, c3) */
-            ev_st32(s, (l0 & 0xFFFFu) | (l2 << 16));
-            ev_st32(s + 2, (l1 & 0xFFFFu) | (l3 << 16));
-            ev_st32(s + 4, (h0 & 0xFFFFu) | (h2 << 16));
-            ev_st32(s + 6, (h1 & 0xFFFFu) | (h3 << 16));
-            ev_st32(s + 8, (l0 >> 16) | (l2 & 0xFFFF0000u));
-            ev_st32(s + 10, (l1 >> 16) | (l3 & 0xFFFF0000u));
-            ev_st32(s + 12, (h0 >> 16) | (h2 & 0xFFFF0000u));
-            ev_st32(s + 14, (h1 >> 16) | (h3 & 0xFFFF0000u));
+            const uint32_t l0 = (uint32_t)ev_lo_add(u0, nz), l1 = (uint32_t)ev_lo_add(u1, nz);
+            const uint32_t l2 = (uint32_t)ev_lo_add(u2, nz), l3 = (uint32_t)ev_lo_add(u3, nz);
+            const uint32_t h0 = (uint32_t)ev_hi_add(u0, nz), h1 = (uint32_t)ev_hi_add(u1, nz);
+            const uint32_t h2 = (uint32_t)ev_hi_add(u2, nz), h3 = (uint32_t)ev_hi_add(u3, nz);
+            /* step (i, i+2) of v_0 .. v_3, then step (i+1, i+3) */
+            ev_st32(s, ev_pk_lo(l0, l2));
+            ev_st32(s + 2, ev_pk_lo(h0, h2));
+            ev_st32(s + 4, ev_pk_hi(l0, l2));
+            ev_st32(s + 6, ev_pk_hi(h0, h2));
+            ev_st32(s + 8, ev_pk_lo(l1, l3));
+            ev_st32(s + 10, ev_pk_lo(h1, h3));
+            ev_st32(s + 12, ev_pk_hi(l1, l3));
+            ev_st32(s + 14, ev_pk_hi(h1, h3));
         }
     }
 #endif
     for (; i + 4 <= k; i += 4, s += 16) {
         for (int32_t j = 0; j < 4; j++) {
             const int8_t *a = xv[j] + i * st;
-            s[4 * j] = (int16_t)(a[0] - zp);
-            s[4 * j + 1] = (int16_t)(a[2 * st] - zp);
-            s[4 * j + 2] = (int16_t)(a[st] - zp);
-            s[4 * j + 3] = (int16_t)(a[3 * st] - zp);
+            s[2 * j] = (int16_t)(a[0] - zp);
+            s[2 * j + 1] = (int16_t)(a[2 * st] - zp);
+            s[2 * j + 8] = (int16_t)(a[st] - zp);
+            s[2 * j + 9] = (int16_t)(a[3 * st] - zp);
         }
     }
-    for (; i < k; i++, s += 4) {
-        s[0] = (int16_t)(x0[i * st] - zp);
-        s[1] = (int16_t)(x1[i * st] - zp);
-        s[2] = (int16_t)(x2[i * st] - zp);
-        s[3] = (int16_t)(x3[i * st] - zp);
+    for (; i < k; i += 2, s += 8) {
+        for (int32_t j = 0; j < 4; j++) {
+            const int8_t *a = xv[j] + i * st;
+            s[2 * j] = (int16_t)(a[0] - zp);
+            s[2 * j + 1] = (int16_t)(i + 1 < k ? a[st] - zp : 0);
+        }
     }
 }
 
-/* acc[j] += Σ_i w[i] · v_j[i] for one int8 row w × the 4 int16 vectors packed in s by ev_pack4: each weight
+/* acc[j] += Σ_i w[i] · v_j[i] for one int8 row w (natural order) × the quad operand s of ev_pack4: each weight
  * word is loaded and unpacked once for 4 products (per 4 values: 1 LDR + 2 SXTB16 + 4 LDRD + 8 SMLAD). */
-EV_ALWAYS_INLINE void ev_dot_1x4_inl(const int8_t *w, const int16_t *s, int32_t k, int32_t acc[4]) {
+static inline void ev_dot_1x4(const int8_t *w, const int16_t *s, int32_t k, int32_t acc[4]) {
     int32_t i = 0;
-    const int32_t k4 = k & ~3;
-#if EV_SIMD
     const int16_t *sp = s;
+#if EV_SIMD
     int32_t c0 = acc[0], c1 = acc[1], c2 = acc[2], c3 = acc[3];
     /* LDRD with post-increment (GCC splits the pairs into 2 LDRs and adds the pointer update): the memory
      * clobber keeps them after the scratch stores of the packing (s is word aligned) */
-#define EV_DOT_1X4_STEP(j)                                                                                      \
-    do {                                                                                                        \
-        const uint32_t v = ev_ld32(w + (j));                                                                    \
-        const int32_t l = ev_lo(v), h = ev_hi(v);                                                               \
-        int32_t a, b;                                                                                           \
-        EV_LDRD_POST(a, b, sp); c0 = __smlad(l, a, c0); c0 = __smlad(h, b, c0);                                 \
-        EV_LDRD_POST(a, b, sp); c1 = __smlad(l, a, c1); c1 = __smlad(h, b, c1);                                 \
-        EV_LDRD_POST(a, b, sp); c2 = __smlad(l, a, c2); c2 = __smlad(h, b, c2);                                 \
-        EV_LDRD_POST(a, b, sp); c3 = __smlad(l, a, c3); c3 = __smlad(h, b, c3);                                 \
-    } while (0)
-    for (; i + 8 <= k4; i += 8) { /* unrolled twice: 33 instructions per 32 MACs */
-        EV_DOT_1X4_STEP(i);
-        EV_DOT_1X4_STEP(i + 4);
+    for (; i + 4 <= k; i += 4) {
+        const uint32_t v = ev_ld32(w + i);
+        const int32_t l = ev_lo(v), h = ev_hi(v);
+        int32_t a, b;
+        EV_LDRD_POST(a, b, sp); c0 = __smlad(l, a, c0); c1 = __smlad(l, b, c1);
+        EV_LDRD_POST(a, b, sp); c2 = __smlad(l, a, c2); c3 = __smlad(l, b, c3);
+        EV_LDRD_POST(a, b, sp); c0 = __smlad(h, a, c0); c1 = __smlad(h, b, c1);
+        EV_LDRD_POST(a, b, sp); c2 = __smlad(h, a, c2); c3 = __smlad(h, b, c3);
     }
-    if (i < k4) {
-        EV_DOT_1X4_STEP(i);
-        i += 4;
-    }
-#undef EV_DOT_1X4_STEP
+    uint32_t d0 = (uint32_t)c0, d1 = (uint32_t)c1, d2 = (uint32_t)c2, d3 = (uint32_t)c3;
 #else
-    const int16_t *sp = s;
-    uint32_t c0 = (uint32_t)acc[0], c1 = (uint32_t)acc[1], c2 = (uint32_t)acc[2], c3 = (uint32_t)acc[3];
-    for (; i < k4; i += 4, sp += 16) {
-        const int32_t p0 = w[i], p1 = w[i + 2], p2 = w[i + 1], p3 = w[i + 3]; /* the permuted order of s */
-        c0 += (uint32_t)(p0 * sp[0] + p1 * sp[1] + p2 * sp[2] + p3 * sp[3]);
-        c1 += (uint32_t)(p0 * sp[4] + p1 * sp[5] + p2 * sp[6] + p3 * sp[7]);
-        c2 += (uint32_t)(p0 * sp[8] + p1 * sp[9] + p2 * sp[10] + p3 * sp[11]);
-        c3 += (uint32_t)(p0 * sp[12] + p1 * sp[13] + p2 * sp[14] + p3 * sp[15]);
-    }
-#endif
-    EV_DOT_1X4_TAIL();
-}
-
-/* the same, left to the compiler to inline or not (ev_dot_1x4_inl: always inlined, for callers with few live values) */
-static inline void ev_dot_1x4(const int8_t *w, const int16_t *s, int32_t k, int32_t acc[4]) { ev_dot_1x4_inl(w, s, k, acc); }
-
-/* ev_dot_1x4 with the row pre-expanded to int16 (EV_WEIGHT16 layout, 4-byte aligned): per 4 values 1 + 4 LDRD and
- * 8 SMLAD. */
-static inline void ev_dot16_1x4(const int16_t *w, const int16_t *s, int32_t k, int32_t acc[4]) {
-    int32_t i = 0;
-    const int32_t k4 = k & ~3;
-    const int16_t *sp = s;
-#if EV_SIMD
-    const int16_t *wp = w;
-    int32_t c0 = acc[0], c1 = acc[1], c2 = acc[2], c3 = acc[3];
-#define EV_DOT16_1X4_STEP()                                                                                     \
-    do {                                                                                                        \
-        int32_t l, h, a, b;                                                                                     \
-        EV_LDRD_POST(l, h, wp);                                                                                 \
-        EV_LDRD_POST(a, b, sp); c0 = __smlad(l, a, c0); c0 = __smlad(h, b, c0);                                 \
-        EV_LDRD_POST(a, b, sp); c1 = __smlad(l, a, c1); c1 = __smlad(h, b, c1);                                 \
-        EV_LDRD_POST(a, b, sp); c2 = __smlad(l, a, c2); c2 = __smlad(h, b, c2);                                 \
-        EV_LDRD_POST(a, b, sp); c3 = __smlad(l, a, c3); c3 = __smlad(h, b, c3);                                 \
-    } while (0)
-    for (; i + 8 <= k4; i += 8) { /* unrolled twice: 29 instructions per 32 MACs */
-        EV_DOT16_1X4_STEP();
-        EV_DOT16_1X4_STEP();
-    }
-    if (i < k4) {
-        EV_DOT16_1X4_STEP();
-        i += 4;
-    }
-#undef EV_DOT16_1X4_STEP
-#else
-    uint32_t c0 = (uint32_t)acc[0], c1 = (uint32_t)acc[1], c2 = (uint32_t)acc[2], c3 = (uint32_t)acc[3];
-    for (; i < k4; i += 4, sp += 16) { /* w and s are both in the permuted order */
+    uint32_t d0 = (uint32_t)acc[0], d1 = (uint32_t)acc[1], d2 = (uint32_t)acc[2], d3 = (uint32_t)acc[3];
+    for (; i + 4 <= k; i += 4, sp += 16) {
         const int32_t p0 = w[i], p1 = w[i + 1], p2 = w[i + 2], p3 = w[i + 3];
-        c0 += (uint32_t)(p0 * sp[0] + p1 * sp[1] + p2 * sp[2] + p3 * sp[3]);
-        c1 += (uint32_t)(p0 * sp[4] + p1 * sp[5] + p2 * sp[6] + p3 * sp[7]);
-        c2 += (uint32_t)(p0 * sp[8] + p1 * sp[9] + p2 * sp[10] + p3 * sp[11]);
-        c3 += (uint32_t)(p0 * sp[12] + p1 * sp[13] + p2 * sp[14] + p3 * sp[15]);
+        d0 += (uint32_t)(p0 * sp[0] + p2 * sp[1] + p1 * sp[8] + p3 * sp[9]);
+        d1 += (uint32_t)(p0 * sp[2] + p2 * sp[3] + p1 * sp[10] + p3 * sp[11]);
+        d2 += (uint32_t)(p0 * sp[4] + p2 * sp[5] + p1 * sp[12] + p3 * sp[13]);
+        d3 += (uint32_t)(p0 * sp[6] + p2 * sp[7] + p1 * sp[14] + p3 * sp[15]);
     }
 #endif
-    EV_DOT_1X4_TAIL();
+    for (; i < k; i += 2, sp += 8) { /* the tail steps (v0, v1), (v0, 0) */
+        const int32_t p0 = w[i], p1 = i + 1 < k ? w[i + 1] : 0;
+        d0 += (uint32_t)(p0 * sp[0] + p1 * sp[1]); d1 += (uint32_t)(p0 * sp[2] + p1 * sp[3]);
+        d2 += (uint32_t)(p0 * sp[4] + p1 * sp[5]); d3 += (uint32_t)(p0 * sp[6] + p1 * sp[7]);
+    }
+    acc[0] = (int32_t)d0; acc[1] = (int32_t)d1; acc[2] = (int32_t)d2; acc[3] = (int32_t)d3;
 }
 
-/* ev_dot16_1x4 for TWO weight rows (channels) w0, w1 at once: acc0[j] += Σ w0·v_j, acc1[j] += Σ w1·v_j. The 4
- * vectors are taken as two pairs (v_0, v_1) then (v_2, v_3), so per pair the 4 sums, the 2 rows' 4 weight
- * words and a pair's 4 scratch words fit the registers: per 4 values 2 LDRD of weights + 2 LDRD of scratch +
- * 8 SMLAD (12 instructions per 16 MACs). */
-EV_ALWAYS_INLINE void ev_dot16_2x2(const int16_t *w0, const int16_t *w1, const int16_t *s, int32_t k, int32_t pr,
-                                   int32_t acc0[4], int32_t acc1[4]) {
-    const int32_t k4 = k & ~3;
-    {
-        int32_t i = 0;
-#if EV_SIMD
-        const int16_t *wp0 = w0, *wp1 = w1, *sp = s + 4 * pr;
-        const int16_t *const se = sp + 4 * k4;
-        int32_t c00 = acc0[pr], c01 = acc0[pr + 1], c10 = acc1[pr], c11 = acc1[pr + 1];
-        int32_t l0, h0, a, b, c, d;
-        /* one asm block: GCC's own allocation of the 14 live registers spills in the loop */
-#define EV_D16_STEP                                                                                            \
-    "ldrd %[l0], %[h0], [%[wp0]], #8\n\t"                                                                       \
-    "ldrd %[a], %[b], [%[sp], #8]\n\t"                                                                          \
-    "ldrd %[c], %[d], [%[sp]], #32\n\t"                                                                         \
-    "smlad %[c00], %[l0], %[c], %[c00]\n\t"                                                                     \
-    "smlad %[c00], %[h0], %[d], %[c00]\n\t"                                                                     \
-    "smlad %[c01], %[l0], %[a], %[c01]\n\t"                                                                     \
-    "smlad %[c01], %[h0], %[b], %[c01]\n\t"                                                                     \
-    "ldrd %[l0], %[h0], [%[wp1]], #8\n\t"                                                                       \
-    "smlad %[c10], %[l0], %[c], %[c10]\n\t"                                                                     \
-    "smlad %[c10], %[h0], %[d], %[c10]\n\t"                                                                     \
-    "smlad %[c11], %[l0], %[a], %[c11]\n\t"                                                                     \
-    "smlad %[c11], %[h0], %[b], %[c11]\n\t"
-#define EV_D16_OPS                                                                                             \
-    : [c00] "+r"(c00), [c01] "+r"(c01), [c10] "+r"(c10), [c11] "+r"(c11), [wp0] "+r"(wp0), [wp1] "+r"(wp1),  \
-      [sp] "+r"(sp), [l0] "=&r"(l0), [h0] "=&r"(h0), [a] "=&r"(a), [b] "=&r"(b), [c] "=&r"(c), [d] "=&r"(d)
-        if (k4 & 4) __asm__ volatile(EV_D16_STEP EV_D16_OPS : : "memory");
-        if (k4 & 8) __asm__ volatile(EV_D16_STEP EV_D16_STEP EV_D16_OPS : : "memory");
-        if (sp != se) /* unrolled 4 times: 51 instructions per 64 MACs */
-            __asm__ volatile("1:\n\t" EV_D16_STEP EV_D16_STEP EV_D16_STEP EV_D16_STEP "cmp %[sp], %[se]\n\t"
-                             "bne 1b" EV_D16_OPS : [se] "r"(se) : "memory", "cc");
-#undef EV_D16_STEP
-#undef EV_D16_OPS
-        i = k4;
-#else
-        const int16_t *sp = s + 4 * pr;
-        uint32_t c00 = (uint32_t)acc0[pr], c01 = (uint32_t)acc0[pr + 1], c10 = (uint32_t)acc1[pr],
-                 c11 = (uint32_t)acc1[pr + 1];
-        for (; i < k4; i += 4, sp += 16) { /* w and s are both in the permuted order */
-            c00 += (uint32_t)(w0[i] * sp[0] + w0[i + 1] * sp[1] + w0[i + 2] * sp[2] + w0[i + 3] * sp[3]);
-            c01 += (uint32_t)(w0[i] * sp[4] + w0[i + 1] * sp[5] + w0[i + 2] * sp[6] + w0[i + 3] * sp[7]);
-            c10 += (uint32_t)(w1[i] * sp[0] + w1[i + 1] * sp[1] + w1[i + 2] * sp[2] + w1[i + 3] * sp[3]);
-            c11 += (uint32_t)(w1[i] * sp[4] + w1[i + 1] * sp[5] + w1[i + 2] * sp[6] + w1[i + 3] * sp[7]);
+/* acc[j] += Σ u_0·v_j, acc[4 + j] += Σ u_1·v_j over `steps` steps: the pair operand u × the quad operand v
+ * (the paths that do not requantize with ev_rq2; ev_run_pairs is the fast one). */
+static inline void ev_dot_2x4(const int16_t *u, const int16_t *v, int32_t steps, int32_t acc[8]) {
+    uint32_t c[8];
+    for (int32_t j = 0; j < 8; j++) c[j] = (uint32_t)acc[j];
+    for (int32_t t = 0; t < steps; t++, u += 4, v += 8) {
+        for (int32_t j = 0; j < 4; j++) {
+            c[j] += (uint32_t)(u[0] * v[2 * j] + u[1] * v[2 * j + 1]);
+            c[4 + j] += (uint32_t)(u[2] * v[2 * j] + u[3] * v[2 * j + 1]);
         }
-#endif
-        for (const int16_t *t = s + 4 * k4 + pr; i < k; i++, t += 4) {
-            c00 += (uint32_t)(w0[i] * t[0]); c01 += (uint32_t)(w0[i] * t[1]);
-            c10 += (uint32_t)(w1[i] * t[0]); c11 += (uint32_t)(w1[i] * t[1]);
-        }
-        acc0[pr] = (int32_t)c00; acc0[pr + 1] = (int32_t)c01; acc1[pr] = (int32_t)c10; acc1[pr + 1] = (int32_t)c11;
     }
+    for (int32_t j = 0; j < 8; j++) acc[j] = (int32_t)c[j];
 }
+
 /* the 4 outputs of one channel / row for 4 pixels / rows / columns (`np` of them real, np ≥ 1), at y + j·ys */
 EV_ALWAYS_INLINE void ev_store4(const int32_t acc[4], int32_t np, int rq, int fast, int32_t bias, int32_t mult, int32_t shift,
                           int32_t zp, int8_t *y, int32_t ys) {
     if (rq) {
         const ev_rq_t q = ev_rq_make(mult, shift, zp);
-        if (np == 4) { /* unrolled: the sums stay in registers */
-            y[0] = ev_rq(ev_sat_add(acc[0], bias), q);
-            y[ys] = ev_rq(ev_sat_add(acc[1], bias), q);
-            y[2 * ys] = ev_rq(ev_sat_add(acc[2], bias), q);
-            y[3 * ys] = ev_rq(ev_sat_add(acc[3], bias), q);
-        } else {
-            for (int32_t j = 0; j < np; j++) y[j * ys] = ev_rq(ev_sat_add(acc[j], bias), q);
-        }
+        for (int32_t j = 0; j < np; j++) y[j * ys] = ev_rq(ev_sat_add(acc[j], bias), q);
     } else {
         for (int32_t j = 0; j < np; j++) y[j * ys] = ev_requant(fast, acc[j], bias, mult, shift, zp);
     }
 }
 
+/* EV_WEIGHT16 pair blocks (ev_kernels.h): int32 2·b_0, 2·b_1, then `steps` steps of the two channels' doubled
+ * weights, then int32 (M, c, n) of ev_rq2 for channel 0 and for channel 1 — 2·EV_WEIGHT16_ROW(k) + 16 int16. */
+#define EV_PAIR16_SIZE(k16) (2 * (k16) + 16)
 
-/* npairs pairs of output channels: pair p's weight rows w + 2p·k16 and w + (2p+1)·k16 (EV_WEIGHT16 layout) × the 4
- * vectors packed in s, requantized and stored: channel c's output j at y + c·ych + j·ys (bias / mult / shift point
- * at channel 0's entries; bias may be NULL). Not inlined: its callers' live values would crowd the 14 registers of
- * the asm loop. */
-static __attribute__((noinline, unused)) void ev_pairs16(const int16_t *w, int32_t k16, const int16_t *s, int32_t k,
-                                                       int32_t np, int rq, int fast, const int32_t *bias,
-                                                       const int32_t *mult, const int32_t *shift, int32_t zp,
-                                                       int8_t *y, int32_t ys, int32_t ych, int32_t npairs) {
-    for (int32_t p = 0; p < npairs; p++, w += 2 * k16, mult += 2, shift += 2, y += 2 * ych) {
-        int32_t acc0[4] = {0, 0, 0, 0}, acc1[4] = {0, 0, 0, 0};
-        ev_dot16_2x2(w, w + k16, s, k, 0, acc0, acc1);
-        ev_dot16_2x2(w, w + k16, s, k, 2, acc0, acc1);
-        ev_store4(acc0, np, rq, fast, bias ? bias[2 * p] : 0, mult[0], shift[0], zp, y, ys);
-        ev_store4(acc1, np, rq, fast, bias ? bias[2 * p + 1] : 0, mult[1], shift[1], zp, y + ych, ys);
+/* npairs ≥ 1 pair blocks from w × the quad operand s (all 4 vectors real), requantized with ev_rq2 from the
+ * blocks' constants: channel c's output j at y + c·ych + j·ys. */
+static __attribute__((noinline, unused)) void ev_run_pairs(const int16_t *w, const int16_t *s, int32_t steps,
+                                                         int8_t *y, int32_t ys, int32_t ych, int32_t npairs) {
+#if EV_SIMD && defined(__OPTIMIZE__) /* unoptimized builds keep r7 as frame pointer: 13 registers */
+    /* One asm block for the whole run: 8 sums + 2 pointers + 4 operands fill the 14 registers, so everything
+     * else is read from this stack struct. Per step one LDRD of weights (both channels) and two of scratch feed
+     * 8 SMLAD; 8 steps per pass, the first pass entered past (−steps) mod 8 of them through a TBB table. The
+     * sums start at the header's 2·bias and the requantization needs no extra register. */
+    struct {
+        const int16_t *s, *se, *we; /* the quad operand, its end, the end of the pair blocks */
+        int32_t skip, ys, ych;
+        int8_t *y;
+    } m = {s, s + 8 * steps, w + npairs * EV_PAIR16_SIZE(2 * steps), (8 - (steps & 7)) & 7, ys, ych, y};
+    const int16_t *up = w, *vp;
+    int32_t c0, c1, c2, c3, c4, c5, c6, c7, ua, ub, va, vb;
+#define EV_STEP(e)                                                                                             \
+    ".Ls" #e "%=:\n\t"                                                                                          \
+    "ldrd %[ua], %[ub], [%[up]], #8\n\t"                                                                        \
+    "ldrd %[va], %[vb], [%[vp]], #8\n\t"                                                                        \
+    "smlad %[c0], %[ua], %[va], %[c0]\n\t"                                                                      \
+    "smlad %[c1], %[ua], %[vb], %[c1]\n\t"                                                                      \
+    "smlad %[c4], %[ub], %[va], %[c4]\n\t"                                                                      \
+    "smlad %[c5], %[ub], %[vb], %[c5]\n\t"                                                                      \
+    "ldrd %[va], %[vb], [%[vp]], #8\n\t"                                                                        \
+    "smlad %[c2], %[ua], %[va], %[c2]\n\t"                                                                      \
+    "smlad %[c3], %[ua], %[vb], %[c3]\n\t"                                                                      \
+    "smlad %[c6], %[ub], %[va], %[c6]\n\t"                                                                      \
+    "smlad %[c7], %[ub], %[vb], %[c7]\n\t"
+/* sum c → int8 at `at` (vp is free after the dot loop; ua, ub, va = M, c, n) */
+#define EV_RQ(c, at)                                                                                           \
+    "smmlar %[vp], %[" c "], %[ua], %[ub]\n\t"                                                                  \
+    "add %[" c "], %[vp], %[" c "], asr #31\n\t"                                                                \
+    "asr %[" c "], %[" c "], %[va]\n\t"                                                                         \
+    "ssat %[" c "], #8, %[" c "]\n\t"                                                                           \
+    "strb %[" c "], " at "\n\t"
+    __asm__ volatile(
+        ".Lpair%=:\n\t"
+        "ldr %[vp], %[s]\n\t"
+        "ldr %[ua], %[skip]\n\t"
+        "ldrd %[c0], %[c4], [%[up]], #8\n\t"
+        "mov %[c1], %[c0]\n\t"
+        "mov %[c2], %[c0]\n\t"
+        "mov %[c3], %[c0]\n\t"
+        "mov %[c5], %[c4]\n\t"
+        "mov %[c6], %[c4]\n\t"
+        "mov %[c7], %[c4]\n\t"
+        "tbb [pc, %[ua]]\n\t"
+        ".Ltab%=:\n\t"
+        ".byte (.Ls0%=-.Ltab%=)/2, (.Ls1%=-.Ltab%=)/2, (.Ls2%=-.Ltab%=)/2, (.Ls3%=-.Ltab%=)/2\n\t"
+        ".byte (.Ls4%=-.Ltab%=)/2, (.Ls5%=-.Ltab%=)/2, (.Ls6%=-.Ltab%=)/2, (.Ls7%=-.Ltab%=)/2\n\t"
+        EV_STEP(0) EV_STEP(1) EV_STEP(2) EV_STEP(3) EV_STEP(4) EV_STEP(5) EV_STEP(6) EV_STEP(7)
+        "ldr %[ua], %[se]\n\t"
+        "cmp %[vp], %[ua]\n\t"
+        "bne .Ls0%=\n\t"
+        "ldrd %[ua], %[ub], [%[up]], #8\n\t"
+        "ldr %[va], [%[up]], #4\n\t"
+        "ldr %[vb], %[y]\n\t"
+        EV_RQ("c0", "[%[vb]]")
+        "ldr %[c0], %[ys]\n\t"
+        EV_RQ("c1", "[%[vb], %[c0]]")
+        EV_RQ("c2", "[%[vb], %[c0], lsl #1]")
+        "add %[c1], %[c0], %[c0], lsl #1\n\t"
+        EV_RQ("c3", "[%[vb], %[c1]]")
+        "ldrd %[ua], %[ub], [%[up]], #8\n\t"
+        "ldr %[va], [%[up]], #4\n\t"
+        "ldr %[c2], %[ych]\n\t"
+        "add %[vb], %[vb], %[c2]\n\t"
+        EV_RQ("c4", "[%[vb]]")
+        EV_RQ("c5", "[%[vb], %[c0]]")
+        EV_RQ("c6", "[%[vb], %[c0], lsl #1]")
+        EV_RQ("c7", "[%[vb], %[c1]]")
+        "add %[vb], %[vb], %[c2]\n\t"
+        "str %[vb], %[y]\n\t"
+        "ldr %[ua], %[we]\n\t"
+        "cmp %[up], %[ua]\n\t"
+        "bne .Lpair%="
+        : [c0] "=&r"(c0), [c1] "=&r"(c1), [c2] "=&r"(c2), [c3] "=&r"(c3), [c4] "=&r"(c4), [c5] "=&r"(c5),
+          [c6] "=&r"(c6), [c7] "=&r"(c7), [up] "+r"(up), [vp] "=&r"(vp), [ua] "=&r"(ua), [ub] "=&r"(ub),
+          [va] "=&r"(va), [vb] "=&r"(vb), [y] "+m"(m.y)
+        : [s] "m"(m.s), [se] "m"(m.se), [we] "m"(m.we), [skip] "m"(m.skip), [ys] "m"(m.ys), [ych] "m"(m.ych)
+        : "cc", "memory");
+#undef EV_STEP
+#undef EV_RQ
+#else
+    for (int32_t p = 0; p < npairs; p++, y += 2 * ych) {
+        const int32_t b0 = (int32_t)ev_ld32(w), b1 = (int32_t)ev_ld32(w + 2);
+        int32_t acc[8] = {b0, b0, b0, b0, b1, b1, b1, b1};
+        ev_dot_2x4(w + 4, s, steps, acc);
+        w += 4 + 4 * steps;
+        for (int32_t c = 0; c < 2; c++, w += 6) {
+            const ev_rq2_t q = {(int32_t)ev_ld32(w), (int32_t)ev_ld32(w + 2), (int32_t)ev_ld32(w + 4)};
+            for (int32_t j = 0; j < 4; j++) y[c * ych + j * ys] = ev_rq2(acc[4 * c + j], q);
+        }
+    }
+#endif
+}
+
+/* Output channels 0 .. nch − 1 of the pair blocks at w (an odd last channel with a zero row) × the quad operand
+ * s (`np` of its vectors real), requantized with ev_rq2 and stored: channel c's output j at y + c·ych + j·ys.
+ * A short block or an odd last channel goes through a buffer. */
+static __attribute__((unused)) void ev_pairs16_rq2(const int16_t *w, int32_t k16, const int16_t *s, int32_t np,
+                                                 int8_t *y, int32_t ys, int32_t ych, int32_t nch) {
+    const int32_t full = np == 4 ? nch >> 1 : 0;
+    if (full) ev_run_pairs(w, s, k16 >> 1, y, ys, ych, full);
+    for (int32_t c = 2 * full; c < nch; c += 2) {
+        int8_t t[8];
+        ev_run_pairs(w + (c >> 1) * EV_PAIR16_SIZE(k16), s, k16 >> 1, t, 1, 4, 1);
+        for (int32_t j = 0; j < np; j++) {
+            y[c * ych + j * ys] = t[j];
+            if (c + 1 < nch) y[(c + 1) * ych + j * ys] = t[4 + j];
+        }
+    }
+}
+
+/* The same for any requantization (not ev_rq2_ok, or sums beyond ±2^29): the sums start at 0 and ev_store4
+ * requantizes them, halved (the weights are doubled); bias / mult / shift point at channel 0's entries, bias may
+ * be NULL. */
+static __attribute__((unused)) void ev_pairs16(const int16_t *w, int32_t k16, const int16_t *s, int32_t np, int rq,
+                                             int fast, const int32_t *bias, const int32_t *mult,
+                                             const int32_t *shift, int32_t zp, int8_t *y, int32_t ys, int32_t ych,
+                                             int32_t nch) {
+    for (int32_t c = 0; c < nch; c += 2, w += EV_PAIR16_SIZE(k16), y += 2 * ych) {
+        int32_t acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        ev_dot_2x4(w + 4, s, k16 >> 1, acc);
+        for (int32_t j = 0; j < 8; j++) acc[j] >>= 1; /* exact: the sums are even and 2·sum fits (k ≤ 32768) */
+        ev_store4(acc, np, rq, fast, bias ? bias[c] : 0, mult[c], shift[c], zp, y, ys);
+        if (c + 1 < nch)
+            ev_store4(acc + 4, np, rq, fast, bias ? bias[c + 1] : 0, mult[c + 1], shift[c + 1], zp, y + ych, ys);
     }
 }
 

@@ -6,29 +6,9 @@
  * plane in scratch (EV_DEPTHWISE_SCRATCH_BYTES: every window of the output inside it, the padding as x_zp), so
  * every output pixel — border ones included — is Σ x·w − z·Σw over its full window, without bounds checks.
  *
- * Requantization of s = 2·(Σ (x − z)·w + bias) (dw_rq, 5 instructions with the store), when M ≥ 0, n = −e ∈
- * [1, 23] and |s| < 2^30 (|bias| ≤ lim, checked per channel; no saturation then):
- *   SRDHM(s/2, M) = floor((s/2·M + 2^30) / 2^31) = floor((s·M + 2^31) / 2^32) = SMMULR(s, M) = h
- *   RDBPOT(h, n) = floor((h + 2^(n−1) − [h<0]) / 2^n), where [s<0] may replace [h<0]: with M ≥ 0 they differ
- *   only when h = 0, and both give 0 there; so
- *   out = SSAT8((SMMLAR(s, M, 2^(n−1) + z_o·2^n) − [s<0]) >> n)      (|h| ≤ 2^29: no int32 overflow)
- * The factor 2 is in the weights (int16 pairs), so s is what the SMLADs sum. */
-typedef struct {
-    int32_t mult, n, rc; /* M, n, 2^(n−1) + z_o·2^n */
-} dw_q_t;
-
-static inline int dw_q_ok(int32_t mult, int32_t shift) { return mult >= 0 && shift <= -1 && shift >= -23; }
-
-static inline int8_t dw_rq(int32_t s, dw_q_t q) {
-#if EV_SIMD
-    int32_t h;
-    __asm__("smmlar %0, %1, %2, %3" : "=r"(h) : "r"(s), "r"(q.mult), "r"(q.rc));
-    return (int8_t)__ssat((h + (s >> 31)) >> q.n, 8);
-#else
-    const int32_t h = (int32_t)(((int64_t)s * q.mult + (1LL << 31)) >> 32) + q.rc;
-    return ev_clamp8((h + (s >> 31)) >> q.n);
-#endif
-}
+ * Requantization: ev_rq2 (ev_common.h) of s = 2·(Σ (x − z)·w + bias), 5 instructions with the store, when
+ * ev_rq2_ok(M, e) and |bias| ≤ lim (checked per channel: no saturation). The factor 2 is in the weights (int16
+ * pairs), so s is what the SMLADs sum. */
 
 static inline int32_t dw_plane_w(const ev_conv2d_t *p) { /* the padded plane's row length (EV_DEPTHWISE_SCRATCH_BYTES) */
     return ((p->ow - 1) * p->stride_w + (p->kw - 1) * p->dil_w + 1 + 1 + 3) & ~3;
@@ -43,7 +23,7 @@ static inline int32_t dw_plane_w(const ev_conv2d_t *p) { /* the padded plane's r
  * rows, and the centre taps of those two packed as c = (hi_1.lo, hi_2.lo), d = (lo_1.hi, lo_2.hi) serve both
  * (c·A in row 0, c·B in row 1): 5 instead of 6 multiplies per output. */
 typedef struct {
-    int32_t w0, w1, w2, a, b, mult, rc, n, ow; /* the filter, dw_q_t's fields, the output row length */
+    int32_t w0, w1, w2, a, b, mult, c, n, ow; /* the filter, ev_rq2_t's fields, the output row length */
     const int8_t *end;                         /* y after dw_rows2's last block */
 } dw_k_t;
 
@@ -52,7 +32,7 @@ static inline int32_t dw_pair(int32_t lo, int32_t hi) { /* (lo, hi) as int16 hal
 }
 
 /* One row pair's 2×2 blocks, output rows y and y + ow up to k->end, from plane row r: per block 4 LDR, 8 SXTB16,
- * 3 PKH, 20 SMLAD / SMLAxy, 4 loads of constants (k), 4 × dw_rq and the loop: 64 instructions for 36 MACs. One
+ * 3 PKH, 20 SMLAD / SMLAxy, 4 loads of constants (k), 4 × ev_rq2 and the loop: 64 instructions for 36 MACs. One
  * asm block: GCC's own allocation of the 14 live registers spills in the loop. Input rows 3, 2, 1, 0 in that
  * order, so row 0's load advances r. */
 static void dw_rows2(const int8_t *r, int32_t pw, int8_t *y, const dw_k_t *k, int32_t init) {
@@ -99,7 +79,7 @@ static void dw_rows2(const int8_t *r, int32_t pw, int8_t *y, const dw_k_t *k, in
         "smlad %[s01], %[t2], %[t3], %[s01]\n\t"
         "smlabb %[s00], %[t2], %[t4], %[s00]\n\t"  /* hi_0.lo·t01 */
         "smlatb %[s01], %[t1], %[t4], %[s01]\n\t"  /* lo_0.hi·t01 */
-        "ldrd %[t1], %[t2], [%[k], #20]\n\t"       /* M, rc */
+        "ldrd %[t1], %[t2], [%[k], #20]\n\t"       /* M, c */
         "ldrd %[t3], %[t4], [%[k], #28]\n\t"       /* n, ow */
 #define EV_DW_RQ(s, st)                                                                                         \
         "smmlar %[t5], %[" #s "], %[t1], %[t2]\n\t"                                                            \
@@ -149,7 +129,7 @@ EV_ALWAYS_INLINE int32_t dw_dot1(const int8_t *r, int32_t pw, const dw_k_t *k, i
 
 /* one channel from its plane: rows in pairs when stride_h is 1 */
 static void dw3x3(const ev_conv2d_t *p, const int8_t *plane, int32_t pw, int8_t *y, dw_k_t *k, int32_t init,
-                  dw_q_t q) {
+                  ev_rq2_t q) {
     const int32_t oh = p->oh, ow = p->ow, sh = p->stride_h, ow2 = ow & ~1;
     int32_t oy = 0, s[2];
     if (p->stride_w == 1) {
@@ -162,9 +142,9 @@ static void dw3x3(const ev_conv2d_t *p, const int8_t *plane, int32_t pw, int8_t 
                 }
                 if (ow2 < ow) { /* odd last column */
                     dw_block1x2(r + ow2, pw, k, init, s);
-                    y[ow2] = dw_rq(s[0], q);
+                    y[ow2] = ev_rq2(s[0], q);
                     dw_block1x2(r + pw + ow2, pw, k, init, s);
-                    y[ow + ow2] = dw_rq(s[0], q);
+                    y[ow + ow2] = ev_rq2(s[0], q);
                 }
             }
         for (; oy < oh; oy++, y += ow) {
@@ -172,18 +152,18 @@ static void dw3x3(const ev_conv2d_t *p, const int8_t *plane, int32_t pw, int8_t 
             int32_t ox = 0;
             for (; ox < ow2; ox += 2) {
                 dw_block1x2(r + ox, pw, k, init, s);
-                y[ox] = dw_rq(s[0], q);
-                y[ox + 1] = dw_rq(s[1], q);
+                y[ox] = ev_rq2(s[0], q);
+                y[ox + 1] = ev_rq2(s[1], q);
             }
             if (ox < ow) {
                 dw_block1x2(r + ox, pw, k, init, s);
-                y[ox] = dw_rq(s[0], q);
+                y[ox] = ev_rq2(s[0], q);
             }
         }
     } else {
         for (; oy < oh; oy++, y += ow) {
             const int8_t *r = plane + oy * sh * pw;
-            for (int32_t ox = 0; ox < ow; ox++) y[ox] = dw_rq(dw_dot1(r + 2 * ox, pw, k, init), q);
+            for (int32_t ox = 0; ox < ow; ox++) y[ox] = ev_rq2(dw_dot1(r + 2 * ox, pw, k, init), q);
         }
     }
 }
@@ -210,7 +190,7 @@ void ev_conv2d_depthwise(const ev_conv2d_t *p, const int8_t *x, int8_t *y, int8_
     const int32_t sh = p->stride_h, sw = p->stride_w, oh = p->oh, ow = p->ow, kk = kh * kw, out_zp = p->out_zp;
     const int32_t pw = dw_plane_w(p), ph = (oh - 1) * sh + (kh - 1) * dh + 1, pt = p->pad_t, pl = p->pad_l;
     const int dense3x3 = kh == 3 && kw == 3 && dh == 1 && dw == 1 && (sw == 1 || sw == 2);
-    /* |Σ (x − z)·w| ≤ 255·128·kh·kw: a bias within ±lim keeps s = 2·(that + bias) below 2^30 (dw_rq) */
+    /* |Σ (x − z)·w| ≤ 255·128·kh·kw: a bias within ±lim keeps s = 2·(that + bias) below 2^30 (ev_rq2) */
     const int64_t lim64 = (1 << 29) - 1 - (int64_t)255 * 128 * kk;
     const int32_t lim = lim64 < 0 ? -1 : (int32_t)lim64; /* −1: no bias qualifies */
     dw_copy_t g;
@@ -225,8 +205,8 @@ void ev_conv2d_depthwise(const ev_conv2d_t *p, const int8_t *x, int8_t *y, int8_
             const int8_t *xc = x + ((int64_t)b * p->c + ch) * h * w, *wc = p->weight + ch * kk;
             int8_t *yc = y + ((int64_t)b * p->c + ch) * oh * ow;
             const int32_t bias = p->bias ? p->bias[ch] : 0, mult = p->mult[ch], shift = p->shift[ch];
-            const int dq = dw_q_ok(mult, shift) && bias >= -lim && bias <= lim;
-            const dw_q_t q = {mult, -shift, dq ? (int32_t)((1u << -shift >> 1) + ((uint32_t)out_zp << -shift)) : 0};
+            const int dq = ev_rq2_ok(mult, shift) && bias >= -lim && bias <= lim;
+            const ev_rq2_t q = ev_rq2_make(mult, dq ? shift : -1, out_zp);
             if (g.n > 0 && g.r1 > g.r0)
                 dw_plane(xc + g.r0 * w + g.c0, plane + (g.r0 + pt) * pw + g.c0 + pl, w, pw, g.r1 - g.r0, g.n);
 #if EV_SIMD
@@ -235,7 +215,7 @@ void ev_conv2d_depthwise(const ev_conv2d_t *p, const int8_t *x, int8_t *y, int8_
                 const int32_t t00 = 2 * wc[0], t01 = 2 * wc[1], t02 = 2 * wc[2], t10 = 2 * wc[3], t11 = 2 * wc[4];
                 const int32_t t12 = 2 * wc[5], t20 = 2 * wc[6], t21 = 2 * wc[7], t22 = 2 * wc[8];
                 dw_k_t k = {dw_pair(t00, t02), dw_pair(t10, t12), dw_pair(t20, t22), dw_pair(t11, t21),
-                            dw_pair(t01, t11), q.mult, q.rc, q.n, ow, yc};
+                            dw_pair(t01, t11), q.mult, q.c, q.n, ow, yc};
                 const int32_t zz = dw_pair(zp, zp), z01 = zp * t01;
                 const int32_t zsum = __smlad(k.w0, zz, __smlad(k.w1, zz, __smlad(k.w2, zz, __smlad(k.a, zz, z01))));
                 dw3x3(p, plane, pw, yc, &k, (int32_t)(2 * (uint32_t)bias - (uint32_t)zsum), q);
@@ -264,7 +244,7 @@ void ev_conv2d_depthwise(const ev_conv2d_t *p, const int8_t *x, int8_t *y, int8_
                         for (int32_t ky = 0; ky < kh; ky++, r0 += dh * pw, wr += kw)
                             for (int32_t kx = 0; kx < kw; kx++) acc += r0[kx * dw] * wr[kx];
                     }
-                    yr[ox] = dq ? dw_rq((int32_t)(2 * (uint32_t)acc + init), q)
+                    yr[ox] = dq ? ev_rq2((int32_t)(2 * (uint32_t)acc + init), q)
                                 : ev_requant(fast, acc - zp * wsum, bias, mult, shift, out_zp);
                 }
             }

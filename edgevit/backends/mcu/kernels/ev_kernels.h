@@ -8,13 +8,14 @@
  * On Cortex-M cores with the DSP extension (__ARM_FEATURE_DSP: M4, M7, M33…) the dot-product loops use
  * ACLE SIMD intrinsics (__smlad, __sxtb16); elsewhere a portable C loop computes the same sums.
  *
- * Scratch: kernels that take `int16_t *scratch` need (4-byte aligned) at least
- *   conv2d  12 · (c/group) · kh · kw bytes   linear  8 · k bytes   matmul  2 · k · (n rounded up to 4) bytes
+ * Scratch: kernels that take `int16_t *scratch` need (4-byte aligned) at least, with k2 = k rounded up to even
+ *   conv2d  8 · k2 + 4 · (c/group) · kh bytes (k = (c/group) · kh · kw)   linear  8 · k2 bytes
+ *   matmul  ceil(n/2) · (4 · k2 + 32) + 8 · k2 bytes
  *   depthwise conv2d (group == c == cout)  PH · PW bytes, PH = (oh − 1)·stride_h + (kh − 1)·dil_h + 1,
  *                                          PW = ((ow − 1)·stride_w + (kw − 1)·dil_w + 5) rounded down to 4
- * (EV_*_SCRATCH_BYTES below; four pixels / rows / columns as int16 at once, conv2d also their int8 receptive
- * fields; depthwise one zero-point-padded channel plane); the memory planner reserves it in the arena for the
- * op's duration.
+ * (EV_*_SCRATCH_BYTES below; four pixels / rows / columns as int16 at once, conv2d also its int32 kernel
+ * row offsets, matmul all of b as EV_WEIGHT16 pair blocks; depthwise one zero-point-padded channel plane); the
+ * memory planner reserves it in the arena for the op's duration.
  *
  * Aliasing (what the planner may do):
  *   lut, rescale, softmax, layernorm: y may equal x (in place).
@@ -31,9 +32,9 @@
 #include <stdint.h>
 
 #define EV_MAX_RANK 6
-#define EV_CONV2D_SCRATCH_BYTES(cg, kh, kw) (12 * (cg) * (kh) * (kw))
-#define EV_LINEAR_SCRATCH_BYTES(k) (8 * (k))
-#define EV_MATMUL_SCRATCH_BYTES(k, n) (2 * (k) * (((n) + 3) & ~3))
+#define EV_CONV2D_SCRATCH_BYTES(cg, kh, kw) (8 * EV_WEIGHT16_ROW((cg) * (kh) * (kw)) + 4 * (cg) * (kh))
+#define EV_LINEAR_SCRATCH_BYTES(k) (8 * EV_WEIGHT16_ROW(k))
+#define EV_MATMUL_SCRATCH_BYTES(k, n) (((n) + 1) / 2 * (4 * EV_WEIGHT16_ROW(k) + 32) + 8 * EV_WEIGHT16_ROW(k))
 #define EV_DEPTHWISE_SCRATCH_BYTES(oh, ow, kh, kw, sh, sw, dh, dw) \
     (((oh) - 1) * (sh) + ((kh) - 1) * (dh) + 1) * ((((ow) - 1) * (sw) + ((kw) - 1) * (dw) + 5) & ~3)
 
@@ -64,12 +65,21 @@ static inline int8_t ev_requantize(int64_t acc, int32_t mult, int32_t shift, int
 }
 
 /* ---- ops (integer_ops.py names) ------------------------------------------------------------------ */
-/* EV_WEIGHT16: conv2d / linear weights pre-expanded to int16 (twice the flash, ~12% fewer instructions in the
- * dot loop: one LDRD per 4 values instead of LDR + 2 SXTB16). Each output's row of k = (c/group)·kh·kw (conv2d)
- * or k (linear) values w[0..k) becomes EV_WEIGHT16_ROW(k) int16: per block of 4 values (w0, w2, w1, w3), then
- * the k % 4 tail in order, then one 0 if k is odd (rows stay 4-byte aligned). The array must be 4-byte aligned.
- * When weight16 is set the kernel reads it instead of weight (which may then be NULL); depthwise conv2d
- * (group == c == cout) ignores weight16 and needs weight. */
+/* EV_WEIGHT16: conv2d / linear weights pre-expanded to int16, doubled, by pairs of output channels, with their
+ * requantization constants (about twice the flash of int8 weights; the dot loop loads both channels' weights
+ * with one LDRD, and starting at 2·bias lets the requantization take 5 instructions). Each output's row of
+ * k = (c/group)·kh·kw (conv2d) or k (linear) values w[0..k) is taken in steps of 2 values: per block of 4
+ * values (w0, w2) and (w1, w3), then the k % 4 tail as (w0, w1) and an odd last value as (w0, 0) —
+ * EV_WEIGHT16_ROW(k) values. Conv2d with kw == 3 takes its kernel rows (ci, ky) of 3 instead, by groups of 4
+ * (fewer in the last group): each row's (w0, w2), then the group's w1 by twos (an odd one as (w1, 0)), so a
+ * row of the input is one word load. Per pair of output channels (2c, 2c+1) of a group (a group with an odd
+ * count ends with its last channel and a zero one), 2·EV_WEIGHT16_ROW(k) + 16 int16:
+ *   int32 2·bias[2c], 2·bias[2c+1];  per step 2·w_2c's pair, 2·w_2c+1's pair;
+ *   int32 M, 2^(n−1) + out_zp·2^n, n (n = −shift) of channel 2c, then of 2c+1 (zeros if M < 0 or n ∉ [1, 23])
+ * so it is built from the layer's bias, mult, shift and out_zp too (codegen.weight16_layout). Needs k ≤ 32768
+ * (the doubled sums fit int32); the array must be 4-byte aligned. When weight16 is set the kernel reads it
+ * instead of weight (which may then be NULL); depthwise conv2d (group == c == cout) ignores weight16 and needs
+ * weight. */
 #define EV_WEIGHT16_ROW(k) (((k) + 1) & ~1)
 
 typedef struct {
