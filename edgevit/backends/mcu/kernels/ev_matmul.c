@@ -2,6 +2,16 @@
 #include "ev_kernels.h"
 #include "ev_common.h"
 
+/* rows r .. r + 3 of the (rows, k) matrix x (the last row repeated in a short block) into s (ev_pack4); the
+ * number of real rows */
+static inline int32_t pack_rows4(const int8_t *x, int32_t r, int32_t rows, int32_t k, int32_t zp, int16_t *s) {
+    const int32_t np = rows - r < 4 ? rows - r : 4;
+    const int8_t *xv[4];
+    for (int32_t j = 0; j < 4; j++) xv[j] = x + (int64_t)(r + (j < np ? j : np - 1)) * k;
+    ev_pack4(xv, 1, k, zp, s);
+    return np;
+}
+
 void ev_linear(const ev_linear_t *p, const int8_t *x, int8_t *y, int16_t *scratch) {
     /* fields in locals: for the compiler y's int8 stores may alias *p, which would be re-read per output */
     const int32_t rows = p->rows, k = p->k, n = p->n, x_zp = p->x_zp, out_zp = p->out_zp;
@@ -14,10 +24,7 @@ void ev_linear(const ev_linear_t *p, const int8_t *x, int8_t *y, int16_t *scratc
     for (int32_t r = 0; r < rows; r += 4) {
         /* rows r .. r + 3 of x are fully in scratch before any of those rows of y is written: row i of x is
          * read before row i of y is written (the header's aliasing contract; reading ahead is safe) */
-        const int32_t np = rows - r < 4 ? rows - r : 4;
-        const int8_t *xv[4];
-        for (int32_t j = 0; j < 4; j++) xv[j] = x + (int64_t)(r + (j < np ? j : np - 1)) * k;
-        ev_pack4(xv, 1, k, x_zp, scratch);
+        const int32_t np = pack_rows4(x, r, rows, k, x_zp, scratch);
         int8_t *yr = y + (int64_t)r * n;
         if (weight16 && rq2) {
             ev_pairs16_rq2(weight16, k16, scratch, np, yr, n, 1, n);
@@ -125,10 +132,7 @@ void ev_matmul(const ev_matmul_t *p, const int8_t *a, const int8_t *b, int8_t *y
             b_done = bb;
         }
         for (int32_t i = 0; i < m; i += 4) {
-            const int32_t np = m - i < 4 ? m - i : 4;
-            const int8_t *xv[4];
-            for (int32_t j = 0; j < 4; j++) xv[j] = ab + (int64_t)(i + (j < np ? j : np - 1)) * k;
-            ev_pack4(xv, 1, k, a_zp, xs);
+            const int32_t np = pack_rows4(ab, i, m, k, a_zp, xs);
             int8_t *yr = yb + (int64_t)i * n;
             if (rq2) {
                 ev_pairs16_rq2(scratch, k16, xs, np, yr, n, 1, n);
