@@ -115,6 +115,19 @@ def weight16_nbytes(shape, group: int = 1) -> int:
     return group * -(-(n // group) // 2) * (4 * (k + (k & 1)) + 32)
 
 
+def layernorm_rq2(mult, shift, beta, out_zp: int) -> np.ndarray | None:
+    """ev_layernorm_t.rq2: per channel int32 (M, c, n) of ev_rq2 with z = out_zp + β_q in c = 2^(n−1) + z·2^n, or
+    None unless every channel has M ≠ INT32_MIN, shift ∈ [−23, −1] and |c| ≤ 2^30 (with |h| < 2^29: no overflow)."""
+    m, e = np.asarray(mult, np.int64).reshape(-1), np.asarray(shift, np.int64).reshape(-1)
+    if not np.all((m != -2 ** 31) & (e <= -1) & (e >= -23)):
+        return None
+    sh = -e
+    c = (1 << (sh - 1)) + (out_zp + np.asarray(beta, np.int64).reshape(-1)) * (1 << sh)
+    if np.any(np.abs(c) > 1 << 30):
+        return None
+    return np.stack([m, c, sh], 1).astype(np.int32).reshape(-1)
+
+
 def weight16_layout(rows: np.ndarray, bias, mult, shift, out_zp: int, group: int = 1) -> np.ndarray:
     """EV_WEIGHT16 (ev_kernels.h) of weight rows (n, k) — or conv2d weights (n, c/group, kh, kw), kw == 3 taking
     its kernel-row order — in `group` groups: per pair of output channels of a group (a zero channel after an odd
@@ -314,8 +327,12 @@ class _Lowering:
         def emit(ptr, sym):
             defs = [c_array("int32_t", f"{sym}_mult", p["mult"]), c_array("int32_t", f"{sym}_shift", p["shift"]),
                     c_array("int32_t", f"{sym}_beta", p["beta"])]
+            rq2 = layernorm_rq2(p["mult"], p["shift"], p["beta"], a["out_zp"])
+            if rq2 is not None:
+                defs.append(c_array("int32_t", f"{sym}_rq2", rq2))
             return [_struct("ev_layernorm_t", sym, {**fields, "mult": f"{sym}_mult", "shift": f"{sym}_shift",
-                                                     "beta": f"{sym}_beta"}),
+                                                     "beta": f"{sym}_beta",
+                                                     "rq2": f"{sym}_rq2" if rq2 is not None else "NULL"}),
                     f"ev_layernorm(&{sym}, {ptr(n.inputs[0])}, {ptr(n.outputs[0])});"], defs
         self.add(n, emit, share="inplace", share_inputs=(0,))
 

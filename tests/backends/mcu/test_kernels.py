@@ -24,8 +24,9 @@ import numpy as np
 import pytest
 
 import edgevit
-from edgevit.backends.mcu.codegen import weight16_layout
+from edgevit.backends.mcu.codegen import layernorm_rq2, weight16_layout
 from edgevit.quant import integer_ops as K
+from edgevit.quant import scheme as S_
 from edgevit.quant.scheme import quantize_multiplier
 
 KDIR = Path(edgevit.__file__).parent / "backends" / "mcu" / "kernels"
@@ -60,7 +61,7 @@ STRUCTS = {
     "ev_broadcast_t": "rank shape[6] a_strides[6] b_strides[6]",
     "ev_add_t": "dims:ev_broadcast_t a_zp b_zp out_zp a_mult a_shift b_mult b_shift out_mult out_shift",
     "ev_mul_t": "dims:ev_broadcast_t a_zp b_zp out_zp mult shift",
-    "ev_layernorm_t": "rows len eps_q:i64 out_zp *mult *shift *beta",
+    "ev_layernorm_t": "rows len eps_q:i64 out_zp *mult *shift *beta *rq2",
     "ev_pool_t": "n c h w oh ow kh kw stride_h stride_w pad_t pad_l x_zp out_zp mult shift dil_h dil_w",
     "ev_reduce_mean_t": "outer reduce inner x_zp mult shift out_zp",
 }
@@ -343,12 +344,17 @@ def softmax_case(rng, rows, length, scale) -> Case:
     return Case("ev_softmax", [rows, length, In(table.astype(np.uint16)), In(x), Out(ref.size)], ref)
 
 
-def layernorm_case(rng, rows, length, spread=1.0, eps=1e-5, s_x=0.05, out_zp=None, wild=False) -> Case:
+def layernorm_case(rng, rows, length, spread=1.0, eps=1e-5, s_x=0.05, out_zp=None, wild=False, rq2=True,
+                   x=None, pos=False) -> Case:
+    """pos: γ > 0 (every M ≥ 0, ev_layernorm's other rq2 loop); x: the input instead of random rows."""
+    given = x
     x = np.clip(rng.standard_normal((rows, length)) * spread * 40 + rng.standard_normal((rows, 1)) * 20, -128, 127)
     x = x.astype(np.int8)
     if rows > 2:
         x[0] = x[0, 0]  # zero variance: σ comes from ε alone
-    gamma, beta = rng.uniform(-1.5, 1.5, length), rng.uniform(-0.5, 0.5, length)
+    if given is not None:
+        x = given
+    gamma, beta = rng.uniform(0.1 if pos else -1.5, 1.5, length), rng.uniform(-0.5, 0.5, length)
     s_o = rng.uniform(0.01, 0.05)
     out_zp = int(rng.integers(-128, 128)) if out_zp is None else out_zp
     m, s = mults(gamma / (2 ** K.LN_OUT_BITS * s_o))
@@ -357,7 +363,8 @@ def layernorm_case(rng, rows, length, spread=1.0, eps=1e-5, s_x=0.05, out_zp=Non
         (m, s), beta_q = wild_mults(rng, length), rng.integers(-2 ** 30, 2 ** 30, length).astype(np.int32)
     eps_q = int(round(eps * 2 ** K.LN_VAR_BITS / s_x ** 2))
     ref = K.layernorm(x, m, s, beta_q, eps_q, out_zp)
-    p = dict(rows=rows, len=length, eps_q=eps_q, out_zp=out_zp, mult=m, shift=s, beta=beta_q)
+    p = dict(rows=rows, len=length, eps_q=eps_q, out_zp=out_zp, mult=m, shift=s, beta=beta_q,
+             rq2=layernorm_rq2(m, s, beta_q, out_zp) if rq2 else None)
     return Case("ev_layernorm", [S("ev_layernorm_t", p), In(x), Out(ref.size)], ref)
 
 
@@ -658,9 +665,38 @@ def test_softmax_in_place(lib):
     (3, 1, dict()),
     (5, 7, dict(eps=0.0, out_zp=127)),  # constant row with ε = 0: σ = max(isqrt(0), 1)
     (4, 50, dict(eps=0.5, s_x=0.01)),  # ε dominating σ
+    (8, 96, dict(pos=True)),
+    (5, 129, dict(pos=True)),  # past the SMMULR path's 128
 ])
-def test_layernorm(lib, rows, length, kw):
-    check(lib, layernorm_case(rng_for("ln", rows, length), rows, length, **kw))
+@pytest.mark.parametrize("rq2", [True, False])
+def test_layernorm(lib, rows, length, kw, rq2):
+    check(lib, layernorm_case(rng_for("ln", rows, length), rows, length, rq2=rq2, **kw))
+
+
+def ln_negative_ties(x: np.ndarray, eps_q: int) -> np.ndarray:
+    """Per row: whether some d = n·x − Σx < 0 has d·R ≡ 2^15 (mod 2^16), where RDBPOT rounds down but SMMULR up."""
+    x = x.astype(np.int64)
+    n = x.shape[-1]
+    total = x.sum(-1, keepdims=True)
+    var = S_.div_round((n * (x * x).sum(-1, keepdims=True) - total * total) << K.LN_VAR_BITS, n * n) + eps_q
+    recip = S_.div_round(np.int64(1) << 36, n * np.maximum(S_.isqrt(var), 1))
+    d = n * x - total
+    return ((d < 0) & ((d * recip) % 65536 == 32768)).any(-1)
+
+
+@pytest.mark.parametrize("length,out_zp", [(96, 0), (128, -128), (20, 127)])
+def test_layernorm_rounding_ties(lib, length, out_zp):
+    """Rows where the rq2 path's SMMULR would round a negative tie of RDBPOT(d·R, 16) the wrong way (ev_layernorm
+    must detect them), mixed with tie-free ones; n = 128 is the longest row of that path."""
+    rng = rng_for("ln-ties", length)
+    x = np.clip(rng.standard_normal((30000, length)) * rng.uniform(1, 60, (30000, 1)), -128, 127).astype(np.int8)
+    eps_q = int(round(1e-5 * 2 ** K.LN_VAR_BITS / 0.05 ** 2))
+    ties = ln_negative_ties(x, eps_q)
+    assert ties.sum() >= 4
+    x = np.concatenate([x[ties][:12], x[~ties][:12]])
+    check(lib, layernorm_case(rng, len(x), length, x=x, out_zp=out_zp))
+    check(lib, layernorm_case(rng, len(x), length, x=x, out_zp=out_zp, pos=True))
+    check(lib, layernorm_case(rng, len(x), length, x=x, out_zp=out_zp, wild=True))
 
 
 def test_layernorm_in_place(lib):

@@ -140,6 +140,9 @@ typedef struct {
     int64_t eps_q;
     int32_t out_zp;
     const int32_t *mult, *shift, *beta; /* per channel (len) */
+    /* NULL, or per channel int32 (M, c, n) of the doubled-sum requantization with z = out_zp + β folded into c
+     * (codegen.layernorm_rq2: every channel with M ≠ INT32_MIN, shift ∈ [−23, −1], |c| ≤ 2^30) */
+    const int32_t *rq2;
 } ev_layernorm_t;
 void ev_layernorm(const ev_layernorm_t *p, const int8_t *x, int8_t *y);
 
