@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 import edgevit
-from edgevit.backends.mcu.codegen import layernorm_rq2, weight16_layout
+from edgevit.backends.mcu.codegen import add_table, layernorm_rq2, weight16_layout
 from edgevit.quant import integer_ops as K
 from edgevit.quant import scheme as S_
 from edgevit.quant.scheme import quantize_multiplier
@@ -59,7 +59,7 @@ STRUCTS = {
     "ev_linear_t": "rows k n x_zp out_zp *weight *bias *mult *shift *weight16",
     "ev_matmul_t": "batch m k n a_batch_stride b_batch_stride a_zp b_zp out_zp mult shift",
     "ev_broadcast_t": "rank shape[6] a_strides[6] b_strides[6]",
-    "ev_add_t": "dims:ev_broadcast_t a_zp b_zp out_zp a_mult a_shift b_mult b_shift out_mult out_shift",
+    "ev_add_t": "dims:ev_broadcast_t a_zp b_zp out_zp a_mult a_shift b_mult b_shift out_mult out_shift *table",
     "ev_mul_t": "dims:ev_broadcast_t a_zp b_zp out_zp mult shift",
     "ev_layernorm_t": "rows len eps_q:i64 out_zp *mult *shift *beta *rq2",
     "ev_pool_t": "n c h w oh ow kh kw stride_h stride_w pad_t pad_l x_zp out_zp mult shift dil_h dil_w",
@@ -290,7 +290,8 @@ def wild_bias(rng, n) -> np.ndarray:
     return b.astype(np.int32)
 
 
-def add_case(rng, sa, sb, pad6=False, sub=False, wild=False, zps=None) -> Case:
+def add_case(rng, sa, sb, pad6=False, sub=False, wild=False, zps=None, table=False) -> Case:
+    """table: with codegen.add_table's per-input table (where codegen would give one)"""
     a, b = i8(rng, sa), i8(rng, sb)
     za, zb, zo = zps if zps is not None else [int(v) for v in rng.integers(-128, 128, 3)]
     if wild:
@@ -306,7 +307,7 @@ def add_case(rng, sa, sb, pad6=False, sub=False, wild=False, zps=None) -> Case:
     dims, out = bcast_dims(sa, sb, pad6)
     ref = np.broadcast_to(ref, out)
     p = dict(dims=dims, a_zp=za, b_zp=zb, out_zp=zo, a_mult=am, a_shift=ash, b_mult=bm, b_shift=bsh, out_mult=om,
-             out_shift=osh)
+             out_shift=osh, table=add_table(za, zb, am, ash, bm, bsh, om, osh) if table else None)
     return Case("ev_add", [S("ev_add_t", p), In(a), In(b), Out(ref.size)], ref)
 
 
@@ -405,6 +406,39 @@ def transpose_case(rng, shape, perm) -> Case:
     out_strides = np.array(ref.strides, np.int32)
     return Case("ev_copy", [len(shape), In(np.array(ref.shape, np.int32)), In(in_strides), In(out_strides), In(x),
                             Out(ref.size)], ref)
+
+
+def view_case(rng, shape, index, perm=None) -> Case:
+    """ev_copy of the strided view x[index].transpose(perm) (starting anywhere in x) to a contiguous y."""
+    x = i8(rng, shape)
+    view = x[index] if perm is None else x[index].transpose(perm)
+    ref = np.ascontiguousarray(view)
+    return Case("ev_copy", [view.ndim, In(np.array(view.shape, np.int32)), In(np.array(view.strides, np.int32)),
+                            In(np.array(ref.strides, np.int32)), In(x, _offset(view, x)), Out(ref.size)], ref)
+
+
+def copy_cases(rng) -> list[Case]:
+    """ev_copy's merged runs (word copies from odd offsets, 16-byte blocks + words + bytes) and transposes
+    (4 strided reads per word store + tails), ev_gather's rows."""
+    g = i8(rng, (3, 4, 37))
+    idx = np.array([3, 0, -1], np.int32)
+    return [
+        view_case(rng, (4, 6, 10), np.s_[:, 1:4, :]),  # rows 1..3: one run of 30 per outer index
+        view_case(rng, (5, 23), np.s_[:, 3:22]),  # odd offset, runs of 19
+        view_case(rng, (4, 6, 40), np.s_[:, 1:4, :]),  # runs of 120 at a word offset: memcpy
+        view_case(rng, (2, 3, 37), np.s_[:, :, 1:]),  # runs of 36 at an odd offset: 16-byte blocks, words
+        view_case(rng, (3, 90), np.s_[:, 1:]),  # runs of 89 at an odd offset: words
+        view_case(rng, (2, 1, 9, 13), np.s_[:, :, :, :], (0, 1, 3, 2)),  # transpose, rows of 9
+        view_case(rng, (3, 8, 5), np.s_[:, :, :], (0, 2, 1)),
+        view_case(rng, (2, 7, 12), np.s_[1:, 2:6, 1:11], (2, 0, 1)),  # a strided view transposed
+        view_case(rng, (64, 3, 16), np.s_[:, 1:, :], (1, 0, 2)),  # qkv-like: rows of 16 gathered
+        Case("ev_gather", [3, 4, 37, In(idx), 3, In(g), Out(333)], np.take(g, idx, axis=1)),
+    ]
+
+
+def test_copy_views(lib):
+    for case in copy_cases(rng_for("views")):
+        check(lib, case)
 
 
 # ---- host library ----------------------------------------------------------------------------------------
@@ -580,6 +614,7 @@ def requant_extreme_cases(rng) -> list[Case]:
     cases += [layernorm_case(rng, 3, 40, wild=True), layernorm_case(rng, 2, 2, wild=True)]
     cases += [add_case(rng, (4, 6), (4, 6), wild=True) for _ in range(6)]
     cases += [add_fast_case(rng, t) for t in range(8)]
+    cases += [add_table_case(rng, t) for t in range(8)]
     cases += [pool_case(rng, "avg", 1, 2, 6, 6, (3, 3), (1, 1), (1, 1, 1, 1), x_zp=-128, out_zp=int(z), wild=True)
               for z in rng.integers(-128, 128, 6)]
     cases += [reduce_mean_case(rng, (2, 30, 3), (1,), x_zp=127, out_zp=int(z), wild=True)
@@ -605,8 +640,45 @@ def add_fast_case(rng, t: int) -> Case:
     ref = K.add(a, za, b, zb, ms[0], sh[0], ms[1], sh[1], om, osh, zo)
     dims, _ = bcast_dims((256,), (256,))
     p = dict(dims=dims, a_zp=za, b_zp=zb, out_zp=zo, a_mult=ms[0], a_shift=sh[0], b_mult=ms[1], b_shift=sh[1],
-             out_mult=om, out_shift=osh)
+             out_mult=om, out_shift=osh, table=None)
     return Case("ev_add", [S("ev_add_t", p), In(a), In(b), Out(256)], ref)
+
+
+def add_table_case(rng, t: int) -> Case:
+    """ev_add with codegen's per-input table on every int8 value of both operands: input (M, e) anywhere the
+    table allows, out (M, e) across ev_rq2's range (M ≥ 0, e ∈ [−23, −1]), extreme zero points, odd lengths."""
+    n = 256 + t % 4
+    a = np.concatenate([np.arange(-128, 128), rng.integers(-128, 128, t % 4)]).astype(np.int8)
+    b = rng.permutation(a)
+    za, zb, zo = [(-128, 127, -128), (127, -128, 127)][t % 2] if t < 4 else (int(v) for v in rng.integers(-128, 128, 3))
+    ms = [int(rng.choice([I32_MAX, I32_MIN + 1, -1, 0, 1, 1 << 30, int(rng.integers(I32_MIN + 1, I32_MAX))]))
+          for _ in range(2)]
+    sh = [int(rng.choice([0, -1, -31, int(rng.integers(-31, 1))])) for _ in range(2)]
+    om = int(rng.choice([0, 1, I32_MAX, 1 << 30, int(rng.integers(0, I32_MAX))]))
+    osh = int(rng.choice([-1, -23, -18, int(rng.integers(-23, 0))]))
+    ref = K.add(a, za, b, zb, ms[0], sh[0], ms[1], sh[1], om, osh, zo)
+    table = add_table(za, zb, ms[0], sh[0], ms[1], sh[1], om, osh)
+    assert table is not None
+    dims, _ = bcast_dims((n,), (n,))
+    p = dict(dims=dims, a_zp=za, b_zp=zb, out_zp=zo, a_mult=ms[0], a_shift=sh[0], b_mult=ms[1], b_shift=sh[1],
+             out_mult=om, out_shift=osh, table=table)
+    return Case("ev_add", [S("ev_add_t", p), In(a), In(b), Out(n)], ref)
+
+
+def test_add_table(lib):
+    rng = rng_for("add-table")
+    for t in range(40):
+        check(lib, add_table_case(rng, t))
+    for i, (sa, sb) in enumerate(BCAST + [((3, 7), (3, 7)), ((2, 5, 3), (2, 5, 3))]):  # broadcast and flat
+        check(lib, add_case(rng, sa, sb, pad6=i % 2 == 1, sub=i % 3 == 1, table=True,
+                            zps=[127, -128, 127] if i % 4 == 0 else None))
+    # out (M, e) off ev_rq2: no table from codegen, and the kernel ignores one
+    case = add_case(rng, (4, 9), (4, 9))
+    case.args[0].values.update(out_mult=-5, table=np.zeros(512, np.int32))
+    case.expected = K.add(case.args[1].a, case.args[0].values["a_zp"], case.args[2].a, case.args[0].values["b_zp"],
+                          *(case.args[0].values[k] for k in ("a_mult", "a_shift", "b_mult", "b_shift")), -5,
+                          case.args[0].values["out_shift"], case.args[0].values["out_zp"])
+    check(lib, case)
 
 
 def test_add_fast_inputs_exhaustive(lib):
@@ -617,7 +689,8 @@ def test_add_fast_inputs_exhaustive(lib):
 
 def test_add_mul_in_place(lib):
     rng = rng_for("add-ip")
-    for case in (add_case(rng, (4, 6), (6,)), add_case(rng, (3, 5), (3, 5), sub=True), mul_case(rng, (2, 7), (1,))):
+    for case in (add_case(rng, (4, 6), (6,)), add_case(rng, (3, 5), (3, 5), sub=True), mul_case(rng, (2, 7), (1,)),
+                 add_case(rng, (4, 6), (6,), table=True), add_case(rng, (3, 5), (3, 5), sub=True, table=True)):
         case.alias = 1  # y == a (contiguous)
         check(lib, case)
 
@@ -1074,6 +1147,9 @@ def all_op_cases() -> list[Case]:
         pool_case(rng, "avg", 1, 2, 3, 4, (2, 2), (2, 2), (3, 3, 3, 3)),
         reduce_mean_case(rng, (2, 5, 4, 3), (1, 2), x_zp=127), transpose_case(rng, (2, 3, 4, 5), (0, 2, 3, 1)),
         Case("ev_gather", [2, 5, 3, In(idx), 3, In(g), Out(18)], np.take(g, idx, axis=1)),
+        add_case(rng, (5, 1, 7), (5, 3, 7), table=True), add_case(rng, (3, 41), (3, 41), sub=True, table=True),
+        Case("ev_lut", [x.size - 3, In(table), In(x, 3), Out(x.size - 3)], K.lut(x[3:], table)),
+        *copy_cases(rng),
     ]
 
 

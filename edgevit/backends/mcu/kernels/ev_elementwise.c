@@ -61,6 +61,32 @@ static inline int8_t add_fast_one(const add_fast_t *q, int32_t a, int32_t b) {
     return q->rq ? ev_rq(s, q->q) : ev_requant(q->out_fast, s, 0, q->out_mult, q->out_shift, q->out_zp);
 }
 
+/* With add's table (ev_kernels.h): 2a' + 2b' < 2^30 in two loads and an add instead of two scalings, requantized
+ * by ev_rq2 (a' + b' never saturates) */
+typedef struct {
+    const int32_t *ta, *tb;
+    ev_rq2_t q;
+} add_table_t;
+
+static inline int8_t add_table_one(const add_table_t *q, int32_t a, int32_t b) {
+    return ev_rq2(q->ta[(uint8_t)a] + q->tb[(uint8_t)b], q->q);
+}
+
+static void add_table_flat(const add_table_t *q, int32_t count, const int8_t *a, const int8_t *b, int8_t *y) {
+    const int32_t *ta = q->ta, *tb = q->tb;
+    const ev_rq2_t rq = q->q;
+    int32_t i = 0;
+    for (; i + 4 <= count; i += 4) { /* 4 per pass, all read before any store (y may be a or b) */
+        const int32_t s0 = ta[(uint8_t)a[i]] + tb[(uint8_t)b[i]], s1 = ta[(uint8_t)a[i + 1]] + tb[(uint8_t)b[i + 1]];
+        const int32_t s2 = ta[(uint8_t)a[i + 2]] + tb[(uint8_t)b[i + 2]], s3 = ta[(uint8_t)a[i + 3]] + tb[(uint8_t)b[i + 3]];
+        y[i] = ev_rq2(s0, rq);
+        y[i + 1] = ev_rq2(s1, rq);
+        y[i + 2] = ev_rq2(s2, rq);
+        y[i + 3] = ev_rq2(s3, rq);
+    }
+    for (; i < count; i++) y[i] = ev_rq2(ta[(uint8_t)a[i]] + tb[(uint8_t)b[i]], rq);
+}
+
 static inline int8_t mul_one(const elt_t *q, int32_t a, int32_t b) {
     return ev_requant(q->fast, (a - q->a_zp) * (b - q->b_zp), 0, q->mult, q->shift, q->out_zp);
 }
@@ -106,6 +132,17 @@ static int same_contiguous(const ev_broadcast_t *d) {
 }
 
 void ev_add(const ev_add_t *p, const int8_t *a, const int8_t *b, int8_t *y) {
+    if (p->table && ev_rq2_ok(p->out_mult, p->out_shift)) {
+        const add_table_t q = {p->table, p->table + 256, ev_rq2_make(p->out_mult, p->out_shift, p->out_zp)};
+        if (p->dims.rank > 0 && same_contiguous(&p->dims)) {
+            int32_t count = 1;
+            for (int32_t i = 0; i < p->dims.rank; i++) count *= p->dims.shape[i];
+            add_table_flat(&q, count, a, b, y);
+            return;
+        }
+        EV_BROADCAST_LOOP(&p->dims, add_table_one, &q);
+        return;
+    }
     if (add_in_ok(p->a_mult, p->a_shift) && add_in_ok(p->b_mult, p->b_shift)) {
         const int rq = ev_rq_ok(p->out_mult, p->out_shift);
         const add_fast_t q = {add_in_make(p->a_zp, p->a_mult, p->a_shift), add_in_make(p->b_zp, p->b_mult, p->b_shift),
@@ -142,5 +179,14 @@ void ev_rescale(int32_t count, int32_t x_zp, int32_t mult, int32_t shift, int32_
 }
 
 void ev_lut(int32_t count, const int8_t table[256], const int8_t *x, int8_t *y) {
-    for (int32_t i = 0; i < count; i++) y[i] = table[x[i] + 128];
+    const int8_t *t = table + 128;
+    int32_t i = 0;
+    const uint8_t *u = (const uint8_t *)t;
+    for (; i + 8 <= count; i += 8) { /* LDRSB, LDRB per element, ORR and STR per 4 (y may be x: read first) */
+        const uint32_t v0 = u[x[i]], v1 = u[x[i + 1]], v2 = u[x[i + 2]], v3 = u[x[i + 3]];
+        const uint32_t v4 = u[x[i + 4]], v5 = u[x[i + 5]], v6 = u[x[i + 6]], v7 = u[x[i + 7]];
+        ev_st32(y + i, v0 | (v1 | (v2 | v3 << 8) << 8) << 8); /* nested: 3 ORR with shifted operand */
+        ev_st32(y + i + 4, v4 | (v5 | (v6 | v7 << 8) << 8) << 8);
+    }
+    for (; i < count; i++) y[i] = t[x[i]];
 }

@@ -117,9 +117,13 @@ typedef struct {
     int32_t rank, shape[EV_MAX_RANK], a_strides[EV_MAX_RANK], b_strides[EV_MAX_RANK];
 } ev_broadcast_t;
 
+/* add's table (optional, NULL: unused; codegen.add_table): int32 2·a' for every int8 a indexed by its byte
+ * (uint8_t)a, then 2·b' likewise — a' = MBQM((a − a_zp)·2^20, a_mult, a_shift), b' the same; |a'|, |b'| < 2^28.
+ * It replaces both input scalings by loads; it is used when out_mult ≥ 0 and out_shift ∈ [−23, −1]. */
 typedef struct {
     ev_broadcast_t dims;
     int32_t a_zp, b_zp, out_zp, a_mult, a_shift, b_mult, b_shift, out_mult, out_shift;
+    const int32_t *table;          /* 512 entries, see above */
 } ev_add_t;
 void ev_add(const ev_add_t *p, const int8_t *a, const int8_t *b, int8_t *y);
 
