@@ -10,6 +10,7 @@ application's pre/post-processing.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Callable
 
@@ -50,6 +51,19 @@ def c_array(ctype: str, name: str, values: np.ndarray, per_line: int = 20) -> st
     lines = [", ".join(str(v) for v in flat[i:i + per_line]) for i in range(0, len(flat), per_line)]
     body = ",\n    ".join(lines)
     return f"const {ctype} {name}[{len(flat)}] __attribute__((aligned(4))) = {{\n    {body}\n}};"
+
+
+C_TYPE_BYTES = {"int8_t": 1, "uint8_t": 1, "int16_t": 2, "uint16_t": 2, "int32_t": 4}
+_ARRAY_DECL = re.compile(r"^const (\w+) \w+\[(\d+)\]", re.M)
+
+
+def data_bytes(q: QuantizedModel, calls: list[Call]) -> int:
+    """Bytes of the const arrays weights.c will hold (weights, their int16 layouts, bias/requantization
+    constants, tables), read off the declarations c_array writes."""
+    defs = [c_array("int8_t", "c", v) for v in q.consts.values()]
+    for i, call in enumerate(calls):
+        defs += call.emit(lambda t: "0", f"L{i}")[1]
+    return sum(C_TYPE_BYTES[t] * int(n) for d in defs for t, n in _ARRAY_DECL.findall(d))
 
 
 def _struct(ctype: str, name: str, fields: dict) -> str:

@@ -72,6 +72,11 @@ def test_project_layout_and_memory_report(projects):
     assert mem["peak_sram"] == mem["arena"] + mem["stack"] + mem["io_buffers"] <= mem["sram_budget"] == 320 * 1024
     assert mem["linked"] and mem["flash"] == mem["linked"]["flash_used"] <= mem["flash_budget"]
     assert mem["flash"] > mem["weights"] > 200_000
+    # "weights" is exactly what weights.c defines (weights, int16 layouts, constants, tables)
+    obj = folder.parent / "mcu_former_weights.o"
+    subprocess.run(["gcc", "-c", "-I", str(folder), str(folder / "weights.c"), "-o", str(obj)], check=True)
+    nm = subprocess.run(["nm", "-S", "--defined-only", str(obj)], capture_output=True, text=True, check=True).stdout
+    assert sum(int(line.split()[1], 16) for line in nm.splitlines() if len(line.split()) == 4) == mem["weights"]
     assert 0 < mem["linked"]["stack_measured"] <= mem["linked"]["stack_reserved"]
     assert mem["peak_at"]["op"] and mem["peak_at"]["tensors"]
 
