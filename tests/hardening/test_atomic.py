@@ -27,8 +27,11 @@ def _previous_output(out):
 
 def _kill_while_writing(tmp_path, sig) -> tuple[subprocess.Popen, list]:
     out = tmp_path / "OUT"
+    # a shell's background job (`cmd &`) inherits SIGINT ignored, and Python then keeps it ignored: restore it,
+    # as an interactive Ctrl-C would find it
     proc = subprocess.Popen([sys.executable, "-m", "edgevit", "compile", "--target", "stm32f746", "mcu_former",
-                             "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                             "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 240
     seen = []
     while time.monotonic() < deadline and proc.poll() is None:
