@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 from edgevit import targets
-from edgevit.backends.tvm import adapter
+from edgevit.backends.tvm import adapter, conv_layout
 
 from . import tiny_conv_model
 
@@ -20,10 +20,10 @@ DEST = Path(__file__).parent / "data" / "schedules" / "x86-avx2" / "tiny_conv"
 
 
 def main() -> None:
-    options = targets.load("x86-avx2").options
-    target = adapter.make_target(options["target"], "x86-avx2")
+    x86 = targets.load("x86-avx2")
+    target = adapter.make_target(x86.options["target"], "x86-avx2")
     mod = adapter.lower(adapter.import_onnx(tiny_conv_model(), {"x": [1, 3, 8, 8]}, {"x": "float32"}), target,
-                        options.get("layout", "NCHW"))
+                        conv_layout(x86))
     with tempfile.TemporaryDirectory() as work:
         tasks = len(adapter.Tuner(mod, target).task_names())
         adapter.tune(mod, target, Path(work), max_trials=2 * tasks, max_trials_per_task=2)  # 2 per task

@@ -182,7 +182,8 @@ def build_project(model, target, out_dir: Path, name: str, args=None) -> tuple[B
     sram, flash = budgets(target, args)
     with ui.step("calibrate and quantize to int8"):
         q = quantize_model(model, getattr(args, "calib", None), getattr(args, "method", "minmax") or "minmax")
-    schedule, calls = codegen.lower(q)
+    lowered = {wide: codegen.lower(q, wide_weights=wide) for wide in (False, True)}  # (schedule, calls)
+    schedule, calls = lowered[False]
     with ui.step("plan the SRAM arena (liveness, sharing, order search)"):
         plan = planner.plan(schedule)
         planner.verify(schedule, plan)
@@ -192,12 +193,12 @@ def build_project(model, target, out_dir: Path, name: str, args=None) -> tuple[B
 
     # int16 conv/linear weights in flash save ~5–10 % of the instructions; use them when the doubled
     # weights fit the flash budget (the link decides; an overflow falls back to int8 weights)
-    wide_extra = codegen.data_bytes(q, codegen.lower(q, wide_weights=True)[1]) - weights
+    wide_extra = codegen.data_bytes(q, lowered[True][1]) - weights
     layouts = [True, False] if weights + wide_extra + CODE_ESTIMATE <= flash else [False]
     inputs = _inputs(q, max(VERIFY_SAMPLES, TEST_INPUTS), seed=0)
     linked = None
     for wide in layouts:
-        schedule, calls = codegen.lower(q, wide_weights=wide)
+        schedule, calls = lowered[wide]
         files = codegen.generate(q, schedule, calls, plan, name)
         write_project(out_dir, files, target, sram, flash, STACK_ESTIMATE, inputs[:TEST_INPUTS])
         q.save(out_dir, name)  # the int8 model the C code reproduces (edgevit.quant.QuantizedModel.load)

@@ -94,6 +94,11 @@ def _database_folder(target, name: str, inputs: list[dict] | None = None) -> Pat
     return None
 
 
+def conv_layout(target) -> str:
+    """The conv2d layout the target's [tvm] table asks for (NCHW unless it sets `layout`)."""
+    return target.options.get("layout", "NCHW")
+
+
 def prepare(model: onnx.ModelProto, target):
     """What compile and tune share: (inlined model, input specs, adapter, TVM target, lowered module).
 
@@ -113,7 +118,7 @@ def prepare(model: onnx.ModelProto, target):
         raise EdgevitError(f"TVM's ONNX importer cannot convert {len(bad)} op type(s): {', '.join(bad)}; "
                            "nothing was compiled")
     tvm_target = adapter.make_target(opts["target"], str(target.path))
-    layout = opts.get("layout", "NCHW")
+    layout = conv_layout(target)
     if layout not in adapter.CONV_LAYOUTS:
         raise EdgevitError(f"{target.path}: layout '{layout}' is not one of {', '.join(adapter.CONV_LAYOUTS)}")
     with ui.step("import ONNX into TVM Relax"):
@@ -191,7 +196,7 @@ def compile_model(model: onnx.ModelProto, target, out_dir: Path, name: str, args
         "weights": "embedded in the library",
         "inputs": inputs,
         "outputs": outputs,
-        "target": {"name": target.name, "tvm": opts["target"], "layout": opts.get("layout", "NCHW"),
+        "target": {"name": target.name, "tvm": opts["target"], "layout": conv_layout(target),
                    "cross_compiler": cross,
                    "runtime_arch": opts.get("runtime_arch", platform.machine())},
         "versions": adapter.versions(),

@@ -26,7 +26,7 @@ import onnx
 from ... import ui
 from ...artifacts import atomic_path, write_text_atomic
 from ...errors import EdgevitError
-from . import prepare, schedule_folder_name, schedules_dir
+from . import conv_layout, prepare, schedule_folder_name, schedules_dir
 
 DB_FILES = ("database_workload.json", "database_tuning_record.json")  # workloads first: records index them
 LEDGER = "edgevit_tune.json"
@@ -104,7 +104,7 @@ def run_tune(model: onnx.ModelProto, target, name: str, trials: int, input_size:
 
     def save_ledger() -> None:
         doc = {"model": name, "target": target.name, "tvm_target": target.options["target"],
-               "layout": target.options.get("layout", "NCHW"), "inputs": inputs,
+               "layout": conv_layout(target), "inputs": inputs,
                "trials_per_task": min(spent),  # every task has at least this many; see "tasks" for each
                "tasks": {t: {"trials": s, "weight": w, "best_seconds": b}
                          for t, s, w, b in zip(names, spent, weights, best)}}
