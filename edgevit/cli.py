@@ -285,16 +285,16 @@ def _remote(args) -> dict | None:
 
 def cmd_tune(args) -> int:
     from . import targets
-    from .backends.tvm.tune import is_native, run_tune
+    from .backends.tvm import require_runnable
+    from .backends.tvm.tune import run_tune
     from .passes import pipeline
 
     if args.top is not None and args.top < 1:
         raise EdgevitError(f"--top {args.top}: must be >= 1")
     target = targets.load(args.target)
     remote = _remote(args)
-    if target.backend == "tvm" and not is_native(target) and remote is None:  # fail before any model work
-        raise EdgevitError(f"target {target.name} runs on {target.options.get('runtime_arch')}, not on this host: "
-                           "pass --rpc HOST:PORT (or --tracker HOST:PORT --key K)")
+    if target.backend == "tvm":
+        require_runnable(target, remote)  # before any model work
     source, model = _load_for_analysis(args)
     optimized, _ = pipeline.run(model, pipeline.select(_csv(args.passes), _csv(args.skip)))
     run_tune(optimized, target, source.name, args.trials, tuple(args.input_size) if args.input_size else None, remote,
@@ -320,12 +320,11 @@ def cmd_bench(args) -> int:
     if target.backend == "coreml":
         return _bench_iphone(args, target)
     remote = _remote(args)
-    from .backends.tvm.tune import is_native
+    from .backends.tvm import require_runnable
     from .frontend.source import resolve
 
-    if target.backend == "tvm" and not is_native(target) and remote is None:  # fail before any model work
-        raise EdgevitError(f"target {target.name} runs on {target.options.get('runtime_arch')}, not on this host: "
-                           "pass --rpc HOST:PORT of a TVM RPC server on the device (or --tracker HOST:PORT --key K)")
+    if target.backend == "tvm":
+        require_runnable(target, remote)  # before any model work
 
     if resolve(args.model).is_torch:  # a python factory builds the same weights for export and timing
         import torch
@@ -394,12 +393,10 @@ def _bench_zoo(args, target) -> int:
         raise EdgevitError("--zoo benchmarks batch 1")
     args._remote = None
     if target.backend == "tvm":
-        from .backends.tvm.tune import is_native
+        from .backends.tvm import require_runnable
 
         args._remote = _remote(args)
-        if not is_native(target) and args._remote is None:
-            raise EdgevitError(f"target {target.name} runs on {target.options.get('runtime_arch')}, not on this "
-                               "host: pass --rpc HOST:PORT of a TVM RPC server on the device")
+        require_runnable(target, args._remote)
     elif args.rpc or args.tracker:
         raise EdgevitError(f"--rpc/--tracker are for TVM boards, not {target.name}")
     names = select_models(args.models, args.family, target)

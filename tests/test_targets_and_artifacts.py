@@ -15,12 +15,13 @@ from .conftest import assert_one_line_error, run_cli
 
 def test_targets_are_complete():
     known = targets.all_targets()
-    for name in ("rpi4", "rpi5", "arm64-linux", "x86-avx2"):
+    for name in ("rpi4", "rpi5", "arm64-linux", "x86-avx2", "x86-avx512"):
         t = known[name]
         assert t.backend == "tvm" and t.kind == "linux"
         assert {"target", "runtime_arch", "cross_compiler"} <= set(t.options), name
         assert t.options["target"]["kind"] == "llvm"
     assert known["rpi4"].options["target"]["mcpu"] == "cortex-a72"
+    assert "avx512f" in known["x86-avx512"].options["cpu_flags"]  # else an AVX-2 host would run it into SIGILL
 
 
 def test_unknown_target_lists_targets():

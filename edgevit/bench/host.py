@@ -96,16 +96,15 @@ def run_bench(source, model: onnx.ModelProto, optimized: onnx.ModelProto, target
     """`remote`: (host, port) of a TVM RPC server, or (host, port, key) of a tracker and a device key."""
     """Benchmark into `out_dir` (a folder the caller moves into place): JSON + Markdown report, PNG chart."""
     from ..backends.tvm import compile_model
+    from ..backends.tvm import require_runnable
     from ..backends.tvm.tune import is_native
 
     if runs < 1:
         raise EdgevitError(f"--runs {runs}: must be at least 1")
     if target.backend != "tvm":
         raise EdgevitError(f"target {target.name} uses the {target.backend} backend; bench runs TVM targets")
+    require_runnable(target, remote)
     native = is_native(target)
-    if not native and remote is None:
-        raise EdgevitError(f"target {target.name} runs on {target.options.get('runtime_arch')}, not on this "
-                           f"{platform.machine()} host: pass --rpc HOST:PORT of a TVM RPC server on the device")
     name = source.name
     shapes = {vi.name: [int(d) for d in G.value_shape(vi)] for vi in G.graph_inputs(model)}
     feeds = G.seeded_inputs(model, shapes, seed=0)

@@ -141,3 +141,43 @@ def test_database_for_another_size_leaves_build_untuned(tmp_path, monkeypatch):
     compile_model(tiny_conv_model(size=16), targets.load("x86-avx2"), tmp_path, name="tiny_conv")
     sched = json.loads((tmp_path / "tiny_conv.tvm.json").read_text())["schedules"]
     assert sched["status"] == "untuned" and sched["scheduled_prim_funcs"] == 0 and sched["database"]
+
+
+def test_target_needing_cpu_features_the_host_lacks(tmp_path, monkeypatch):
+    """A library for CPU features this host lacks (AVX-512 on an AVX2 machine) is built but never run here: compile
+    says so instead of dying on SIGILL in the parity check, and tune/bench refuse before any model work."""
+    import dataclasses
+
+    from edgevit.backends.tvm import compile_model, host_mismatch
+
+    x86 = targets.load("x86-avx2")
+    assert host_mismatch(x86) is None
+    lacking = dataclasses.replace(x86, options={**x86.options, "cpu_flags": ["avx2", "no_such_isa"]})
+    assert host_mismatch(lacking) == "needs CPU features this host lacks (no_such_isa)"
+    result = compile_model(tiny_conv_model(), lacking, tmp_path, name="tiny_conv")
+    assert result.report["tvm"]["parity"] is None and (tmp_path / "tiny_conv.so").exists()
+    assert "not run here (target needs CPU features this host lacks (no_such_isa))" in result.summary
+
+    folder = tmp_path / "targets"
+    folder.mkdir()
+    text = targets.load("x86-avx512").path.read_text().replace('"avx512f"', '"no_such_isa", "avx512f"')
+    (folder / "x86-future.toml").write_text(text.replace('name = "x86-avx512"', 'name = "x86-future"'))
+    monkeypatch.setenv("EDGEVIT_TARGETS", str(folder))
+    for command in ("tune", "bench"):
+        proc = run_cli(command, "no_such_model.onnx", "--target", "x86-future", timeout=60)
+        assert_one_line_error(proc, 2, "target x86-future needs CPU features this host lacks (no_such_isa", "--rpc")
+
+
+def test_avx512_target_runs_where_the_cpu_has_it(tmp_path):
+    """x86-avx512 builds everywhere; on a host with AVX-512 (these development machines) it runs and matches
+    onnxruntime, elsewhere compile reports it was not run. Either way the library is written."""
+    from edgevit.backends.tvm import compile_model, host_mismatch
+
+    target = targets.load("x86-avx512")
+    result = compile_model(tiny_conv_model(), target, tmp_path, name="tiny_conv")
+    assert (tmp_path / "tiny_conv.so").exists()
+    parity = result.report["tvm"]["parity"]
+    if host_mismatch(target) is None:
+        assert parity["max_abs"] <= TOLERANCE * parity["ref_range"]
+    else:
+        assert parity is None and "needs CPU features" in result.summary

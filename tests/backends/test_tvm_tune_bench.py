@@ -79,9 +79,12 @@ def test_tune_chunks_commit_and_resume(schedules, monkeypatch):
     assert ledger["tasks"]["fused_conv2d_relu"]["trials"] == 2 and ledger["inputs"][0]["shape"] == [1, 3, 8, 8]
     assert ledger["layout"] == "NHWC"
     assert not [p for p in folder.parent.iterdir() if p.name.endswith(".part")]
+    numbers = first["numbers"]  # the tuned build was run and compared with onnxruntime
+    assert numbers["dropped"] == [] and numbers["max_abs"] <= 1e-4 * numbers["ref_range"] and numbers["ref_range"] > 0
 
     again = run_tune(tiny_conv_model(), target, "tiny_conv", 2, (8, 8))
     assert len(calls) == len(names) and again["new_records"] == 0 and again["tuned_tasks"] == 0
+    assert again["numbers"] is None  # nothing tuned, nothing to check
 
     run_tune(tiny_conv_model(), target, "tiny_conv", 3, (8, 8))  # a bigger budget spends only the difference
     assert calls[len(names):] == [(name, 1) for name in names]
@@ -95,6 +98,22 @@ def test_tune_chunks_commit_and_resume(schedules, monkeypatch):
     compile_model(tiny_conv_model(), target, out, name="tiny_conv")
     sched = json.loads((out / "tiny_conv.tvm.json").read_text())["schedules"]
     assert sched["status"] == "tuned" and sched["database"] == str(folder)
+
+
+def test_tune_checks_the_tuned_build_against_onnxruntime(schedules, monkeypatch):
+    """The check after tuning really runs the build: against a reference 0.5 off, even the untuned build fails."""
+    from edgevit.backends.tvm import adapter, tune
+    from edgevit.errors import EdgevitError
+
+    def fake_tune_task(self, index, work_dir, trials):
+        for f in DB_FILES:
+            shutil.copyfile(FIXTURE / f, work_dir / f)
+
+    monkeypatch.setattr(adapter.Tuner, "tune_task", fake_tune_task)
+    real_ort = tune.run_ort
+    monkeypatch.setattr(tune, "run_ort", lambda model, feeds: [r + 0.5 for r in real_ort(model, feeds)])
+    with pytest.raises(EdgevitError, match="differs from onnxruntime by 0.5 .*without any tuned schedule"):
+        tune.run_tune(tiny_conv_model(), targets.load("x86-avx2"), "tiny_conv", 2, (8, 8))
 
 
 def test_cli_tune_resumes_from_committed_database(schedules, tiny_onnx):

@@ -99,6 +99,41 @@ def conv_layout(target) -> str:
     return target.options.get("layout", "NCHW")
 
 
+def compare_outputs(reference: list, got: list) -> Parity:
+    """Worst difference of `got` from the onnxruntime `reference` outputs."""
+    p = Parity()
+    for r, g in zip(reference, got):
+        p.update(r, g)
+    return p
+
+
+def _host_cpu_flags() -> set[str]:
+    try:
+        return set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:  # not Linux: nothing to compare, so a target asking for flags is not run here
+        return set()
+
+
+def host_mismatch(target) -> str | None:
+    """Why this host cannot run `target`'s libraries, or None if it can: another architecture, or CPU features
+    (the [tvm] table's `cpu_flags`, as /proc/cpuinfo names them) it lacks — running would die on SIGILL."""
+    arch = target.options.get("runtime_arch", platform.machine())
+    if arch != platform.machine():
+        return f"runs on {arch}, not on this {platform.machine()} host"
+    missing = sorted(set(target.options.get("cpu_flags", [])) - _host_cpu_flags())
+    if missing:
+        return f"needs CPU features this host lacks ({', '.join(missing)})"
+    return None
+
+
+def require_runnable(target, remote, device: str = "a TVM RPC server on the device") -> None:
+    """Fail early (before any model work) when `target` cannot run here and no remote device was given."""
+    why = host_mismatch(target)
+    if why and remote is None:
+        raise EdgevitError(f"target {target.name} {why}: pass --rpc HOST:PORT of {device} "
+                           "(or --tracker HOST:PORT --key K)")
+
+
 def prepare(model: onnx.ModelProto, target):
     """What compile and tune share: (inlined model, input specs, adapter, TVM target, lowered module).
 
@@ -142,7 +177,7 @@ def compile_model(model: onnx.ModelProto, target, out_dir: Path, name: str, args
     if cross and not shutil.which(cross):
         raise EdgevitError(f"cross compiler '{cross}' for target {target.name} not found "
                            f"(Debian: apt-get install g++-aarch64-linux-gnu libc6-dev-arm64-cross)")
-    native = opts.get("runtime_arch", platform.machine()) == platform.machine()
+    native = host_mismatch(target) is None
     seconds: dict[str, float] = {}
 
     def timed(label, step, fn, *a):
@@ -182,9 +217,7 @@ def compile_model(model: onnx.ModelProto, target, out_dir: Path, name: str, args
     parity = None
     if native:
         got = timed("parity", "parity vs onnxruntime (seeded input)", adapter.run_local, library, list(feeds.values()))
-        p = Parity()
-        for r, g in zip(reference, got):
-            p.update(r, g)
+        p = compare_outputs(reference, got)
         if not p.within(TOLERANCE):
             raise ParityError(f"TVM build differs from onnxruntime: max abs error {p.max_abs:.3g} > "
                               f"{TOLERANCE:g} × output range {p.ref_range:.3g}; nothing written")
@@ -209,7 +242,7 @@ def compile_model(model: onnx.ModelProto, target, out_dir: Path, name: str, args
 
     size = library.stat().st_size
     check = (f"max abs err {parity['max_abs']:.2g} vs onnxruntime" if parity
-             else f"not run on this {platform.machine()} host")
+             else f"not run here (target {host_mismatch(target)})")
     ui.console.print(f"TVM build: {schedules['status']}" + (f" (database {folder})" if folder else
                                                             " (no schedules/ database for this target and model)"))
     md = "\n".join([

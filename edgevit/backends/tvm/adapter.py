@@ -229,6 +229,12 @@ class Tuner:
     def task_names(self) -> list[str]:
         return [t.task_name for t in self.tasks]
 
+    def task_hashes(self) -> list[str]:
+        """Each task's structural hash as the JSON database writes it (a workload line's first field)."""
+        from tvm_ffi import structural_hash
+
+        return [str(structural_hash(t.dispatched[0])) for t in self.tasks]
+
     def task_weights(self) -> list[float]:
         return [float(t.weight) for t in self.tasks]
 

@@ -8,13 +8,13 @@ database, or the ledger `edgevit_tune.json` if MetaSchedule measured fewer candi
 spends only what remains. `--top K` gives the budget only to the K tasks that weigh most in the model's
 latency (weight × best latency so far; untuned tasks first): after a first pass over every task, the
 trials go where the time is. With `--input-size` the folder is `<model>-<H>x<W>`, which compile prefers
-for a model of that size.
+for a model of that size. Finally the build with the new database is compared with onnxruntime, as compile
+will compare it; a schedule that breaks the numbers is found and dropped (verify.py) and the ledger lists it.
 """
 
 from __future__ import annotations
 
 import json
-import platform
 import shutil
 import socket
 import tempfile
@@ -26,7 +26,11 @@ import onnx
 from ... import ui
 from ...artifacts import atomic_path, write_text_atomic
 from ...errors import EdgevitError
-from . import conv_layout, prepare, schedule_folder_name, schedules_dir
+from ...ir import graph as G
+from ...ir.numerics import Parity, run_ort
+from . import (TOLERANCE, compare_outputs, conv_layout, host_mismatch, prepare, require_runnable, schedule_folder_name,
+               schedules_dir)
+from .verify import verify
 
 DB_FILES = ("database_workload.json", "database_tuning_record.json")  # workloads first: records index them
 LEDGER = "edgevit_tune.json"
@@ -51,7 +55,7 @@ def require_reachable(host: str, port: int, what: str, timeout: float = CONNECT_
 
 
 def is_native(target) -> bool:
-    return target.options.get("runtime_arch", platform.machine()) == platform.machine()
+    return host_mismatch(target) is None
 
 
 def _ms(seconds: float | None) -> str:
@@ -80,11 +84,9 @@ def run_tune(model: onnx.ModelProto, target, name: str, trials: int, input_size:
         raise EdgevitError(f"--trials {trials}: must be >= 0")
     if target.backend != "tvm":
         raise EdgevitError(f"target {target.name} uses the {target.backend} backend; tuning is for TVM targets")
-    if remote is None and not is_native(target):
-        raise EdgevitError(f"target {target.name} runs on {target.options.get('runtime_arch')}, not on this "
-                           f"{platform.machine()} host: pass --rpc HOST:PORT (or --tracker HOST:PORT --key K)")
+    require_runnable(target, remote)
     folder = schedules_dir() / target.name / schedule_folder_name(name, input_size)
-    _, inputs, adapter, tvm_target, mod = prepare(model, target)
+    inlined, inputs, adapter, tvm_target, mod = prepare(model, target)
     with ui.step("extract MetaSchedule tasks"):
         tuner = adapter.Tuner(mod, tvm_target, remote)
     names, weights = tuner.task_names(), tuner.task_weights()
@@ -138,10 +140,38 @@ def run_tune(model: onnx.ModelProto, target, name: str, trials: int, input_size:
             progress.update(bar, advance=1, best=f"{names[i]} best {_ms(b)}; model ≈ {_ms(_estimate(weights, best))}")
     if not todo and not ledger_path.exists():
         save_ledger()
+    checked = _check_numbers(model, inlined, inputs, adapter, tvm_target, mod, target, folder, tuner) if todo else None
+    if checked and checked["dropped"]:
+        ledger = json.loads(ledger_path.read_text())
+        ledger["dropped"] = ledger.get("dropped", []) + checked["dropped"]
+        write_text_atomic(ledger_path, json.dumps(ledger, indent=2) + "\n")
     summary = {"database": str(folder), "tasks": len(names), "tuned_tasks": len(todo), "new_records": new_trials,
                "records": sum(n for n, _ in tuner.records(folder)), "estimate_seconds": _estimate(weights, best),
-               "seconds": round(time.perf_counter() - start, 1)}
+               "seconds": round(time.perf_counter() - start, 1), "numbers": checked}
     ui.console.print(f"tuned {len(todo)} of {len(names)} tasks ({new_trials} new records, {summary['records']} in "
                      f"all) in {summary['seconds']}s; Σ weight×best ≈ {_ms(summary['estimate_seconds'])}; "
                      f"database {folder}")
     return summary
+
+
+def _check_numbers(model, inlined, inputs, adapter, tvm_target, mod, target, folder: Path, tuner) -> dict | None:
+    """Build with the database just tuned and compare with onnxruntime (as compile will); drop any schedule that
+    breaks the numbers (verify.py). None when the target does not run on this host."""
+    why = host_mismatch(target)
+    if why:
+        ui.console.print(f"[yellow]note:[/yellow] the tuned build was not checked against onnxruntime (target {why})")
+        return None
+    feeds = G.seeded_inputs(inlined, {s["name"]: s["shape"] for s in inputs}, seed=0)
+    reference = run_ort(model, feeds)
+
+    def check(database: Path) -> Parity:
+        built = adapter.build(adapter.apply_database(mod, tvm_target, adapter.load_database(database)), tvm_target)
+        return compare_outputs(reference, adapter.run_local(built, list(feeds.values())))
+
+    with ui.step("check the tuned build against onnxruntime"):
+        result, dropped = verify(folder, check, TOLERANCE, dict(zip(tuner.task_hashes(), tuner.task_names())))
+    for d in dropped:
+        ui.console.print(f"[yellow]dropped[/yellow] the best schedule of {d['task']} ({_ms(d['seconds'])}): the build "
+                         f"with it was {d['max_abs']:.3g} off onnxruntime (> {TOLERANCE:g} × range {d['ref_range']:.3g})")
+    ui.console.print(f"tuned build vs onnxruntime: max abs error {result.max_abs:.2g} (output range {result.ref_range:.3g})")
+    return {"max_abs": result.max_abs, "ref_range": result.ref_range, "dropped": dropped}
