@@ -5,6 +5,7 @@ and zoo runs `zoo-*/zoo.bench.json`, plus the iPhone predictor's shipped calibra
 Regenerate the inputs, then this section:
 
     edgevit bench --target x86-avx2 efficientformer_l1 --runs 20          # host: edgevit vs ORT vs PyTorch
+    edgevit bench --target x86-avx512 efficientformer_l1 --runs 20        # the same, AVX-512 code
     edgevit bench --target stm32f746 mcu_former                            # MCU: QEMU instruction counts
     edgevit bench --zoo --target iphone12                                  # predicted iPhone 12, whole zoo
     .venv/bin/python benchmarks/results.py > results.md

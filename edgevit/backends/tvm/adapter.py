@@ -102,15 +102,22 @@ def lower(mod: tvm.IRModule, target: tvm.target.Target, layout: str = "NCHW") ->
         ])(mod)
 
 
+def _builder():
+    """One build worker (TVM's default pool times out on 2 cores while its workers import TVM, toolchain.md). Its
+    timeout covers that import on the first call, and abandons a candidate whose LLVM build runs away (seen: an
+    avg_pool schedule on znver4 still compiling after 10 min) instead of stalling the tune."""
+    return ms.builder.LocalBuilder(max_workers=1, timeout_sec=180)
+
+
 def tune(mod: tvm.IRModule, target: tvm.target.Target, work_dir: Path, max_trials: int,
          max_trials_per_task: int | None = None) -> None:
     """MetaSchedule-tune the PrimFuncs of a `lower`ed module on this host; the database lands in `work_dir`.
 
-    One build worker with long timeouts: TVM's default builder times out on 2 cores (toolchain.md).
+    Used by tests/backends/make_tiny_db.py; `edgevit tune` goes through `Tuner`, one task at a time.
     """
     ms.relax_integration.tune_relax(
         mod, {}, target, str(work_dir), max_trials_global=max_trials, max_trials_per_task=max_trials_per_task,
-        num_trials_per_iter=min(max_trials, 64), builder=ms.builder.LocalBuilder(max_workers=1, timeout_sec=600),
+        num_trials_per_iter=min(max_trials, 64), builder=_builder(),
         runner=ms.runner.LocalRunner(timeout_sec=120))
 
 
@@ -215,7 +222,7 @@ class Tuner:
     def _workers(self) -> None:
         if self.builder is not None:
             return
-        self.builder = ms.builder.LocalBuilder(max_workers=1, timeout_sec=600)
+        self.builder = _builder()
         rpc = self.rpc
         if rpc is None:
             self.runner = ms.runner.LocalRunner(timeout_sec=120)
