@@ -65,7 +65,9 @@ ISAS = {  # name: (cpuinfo flag, gcc flags, defines)
 def peak_gflops(isa: str, threads: int) -> float | None:
     """Measured fp32 FMA GFLOP/s of this machine with `isa` on `threads` threads (None: the CPU lacks it)."""
     flag, cflags, defines = ISAS[isa]
-    if flag not in Path("/proc/cpuinfo").read_text().split():
+    from edgevit.backends.tvm import host_cpu_flags
+
+    if flag not in host_cpu_flags():
         return None
     with tempfile.TemporaryDirectory() as tmp:
         src, exe = Path(tmp) / "peak.c", Path(tmp) / "peak"

@@ -95,8 +95,7 @@ def run_bench(source, model: onnx.ModelProto, optimized: onnx.ModelProto, target
               input_size: tuple[int, int] | None, runs: int, remote: tuple | None = None) -> dict:
     """`remote`: (host, port) of a TVM RPC server, or (host, port, key) of a tracker and a device key."""
     """Benchmark into `out_dir` (a folder the caller moves into place): JSON + Markdown report, PNG chart."""
-    from ..backends.tvm import compile_model
-    from ..backends.tvm import require_runnable
+    from ..backends.tvm import compile_model, require_runnable
     from ..backends.tvm.tune import is_native
 
     if runs < 1:

@@ -116,6 +116,26 @@ def test_tune_checks_the_tuned_build_against_onnxruntime(schedules, monkeypatch)
         tune.run_tune(tiny_conv_model(), targets.load("x86-avx2"), "tiny_conv", 2, (8, 8))
 
 
+def test_ledger_keeps_dropped_schedules_across_runs(schedules, monkeypatch):
+    """What the numeric check dropped stays listed in the ledger when a later run tunes more."""
+    from edgevit.backends.tvm import adapter, tune
+    from edgevit.ir.numerics import Parity
+
+    def fake_tune_task(self, index, work_dir, trials):
+        for f in DB_FILES:
+            shutil.copyfile(FIXTURE / f, work_dir / f)
+
+    drops = iter([[{"task": "fused_conv2d_relu", "seconds": 1e-5, "max_abs": 0.1, "ref_range": 1.0}], []])
+    monkeypatch.setattr(adapter.Tuner, "tune_task", fake_tune_task)
+    monkeypatch.setattr(tune, "verify", lambda folder, check, tol, names: (Parity(), next(drops)))
+    target = targets.load("x86-avx2")
+    ledger = schedules / "x86-avx2" / "tiny_conv-8x8" / "edgevit_tune.json"
+    tune.run_tune(tiny_conv_model(), target, "tiny_conv", 2, (8, 8))
+    assert [d["task"] for d in json.loads(ledger.read_text())["dropped"]] == ["fused_conv2d_relu"]
+    tune.run_tune(tiny_conv_model(), target, "tiny_conv", 3, (8, 8))
+    assert [d["task"] for d in json.loads(ledger.read_text())["dropped"]] == ["fused_conv2d_relu"]
+
+
 def test_cli_tune_resumes_from_committed_database(schedules, tiny_onnx):
     """The committed database holds ≥ 1 record per task: --trials 1 reruns nothing, files unchanged."""
     folder = schedules / "x86-avx2" / "tiny_conv"

@@ -8,6 +8,7 @@ untuned, and the terminal says so. Host-arch builds are checked against onnxrunt
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -107,11 +108,13 @@ def compare_outputs(reference: list, got: list) -> Parity:
     return p
 
 
-def _host_cpu_flags() -> set[str]:
+@functools.cache
+def host_cpu_flags() -> frozenset[str]:
+    """This host's CPU feature flags as /proc/cpuinfo names them (empty where there is no /proc/cpuinfo)."""
     try:
-        return set(Path("/proc/cpuinfo").read_text().split())
+        return frozenset(Path("/proc/cpuinfo").read_text().split())
     except OSError:  # not Linux: nothing to compare, so a target asking for flags is not run here
-        return set()
+        return frozenset()
 
 
 def host_mismatch(target) -> str | None:
@@ -120,17 +123,17 @@ def host_mismatch(target) -> str | None:
     arch = target.options.get("runtime_arch", platform.machine())
     if arch != platform.machine():
         return f"runs on {arch}, not on this {platform.machine()} host"
-    missing = sorted(set(target.options.get("cpu_flags", [])) - _host_cpu_flags())
+    missing = sorted(set(target.options.get("cpu_flags", [])) - host_cpu_flags())
     if missing:
         return f"needs CPU features this host lacks ({', '.join(missing)})"
     return None
 
 
-def require_runnable(target, remote, device: str = "a TVM RPC server on the device") -> None:
+def require_runnable(target, remote) -> None:
     """Fail early (before any model work) when `target` cannot run here and no remote device was given."""
     why = host_mismatch(target)
     if why and remote is None:
-        raise EdgevitError(f"target {target.name} {why}: pass --rpc HOST:PORT of {device} "
+        raise EdgevitError(f"target {target.name} {why}: pass --rpc HOST:PORT of a TVM RPC server on the device "
                            "(or --tracker HOST:PORT --key K)")
 
 

@@ -98,6 +98,7 @@ def run_tune(model: onnx.ModelProto, target, name: str, trials: int, input_size:
     counts = tuner.records(folder)
     spent = [max(n, int(spent_before.get(t, {}).get("trials", 0))) for t, (n, _) in zip(names, counts)]
     best = [b for _, b in counts]
+    dropped = list(ledger.get("dropped", []))  # schedules verify.py removed, this run's and earlier ones
     chosen = heaviest(weights, best, top) if top else range(len(names))
     todo = [i for i in chosen if spent[i] < trials]
     scope = f"the {len(chosen)} heaviest of {len(names)} tasks" if top else f"{len(names)} tasks"
@@ -109,7 +110,8 @@ def run_tune(model: onnx.ModelProto, target, name: str, trials: int, input_size:
                "layout": conv_layout(target), "inputs": inputs,
                "trials_per_task": min(spent),  # every task has at least this many; see "tasks" for each
                "tasks": {t: {"trials": s, "weight": w, "best_seconds": b}
-                         for t, s, w, b in zip(names, spent, weights, best)}}
+                         for t, s, w, b in zip(names, spent, weights, best)},
+               **({"dropped": dropped} if dropped else {})}
         write_text_atomic(ledger_path, json.dumps(doc, indent=2) + "\n")
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -142,9 +144,8 @@ def run_tune(model: onnx.ModelProto, target, name: str, trials: int, input_size:
         save_ledger()
     checked = _check_numbers(model, inlined, inputs, adapter, tvm_target, mod, target, folder, tuner) if todo else None
     if checked and checked["dropped"]:
-        ledger = json.loads(ledger_path.read_text())
-        ledger["dropped"] = ledger.get("dropped", []) + checked["dropped"]
-        write_text_atomic(ledger_path, json.dumps(ledger, indent=2) + "\n")
+        dropped += checked["dropped"]
+        save_ledger()
     summary = {"database": str(folder), "tasks": len(names), "tuned_tasks": len(todo), "new_records": new_trials,
                "records": sum(n for n, _ in tuner.records(folder)), "estimate_seconds": _estimate(weights, best),
                "seconds": round(time.perf_counter() - start, 1), "numbers": checked}

@@ -57,9 +57,11 @@ def _with_records(folder: Path, dst: Path, workloads: set[int]) -> Path:
     return dst
 
 
-def _drop_line(folder: Path, number: int) -> None:
+def _drop_line(folder: Path, number: int) -> str:
+    """Remove record line `number` from `folder`'s database; returns it."""
     lines = (folder / RECORDS).read_text().splitlines()
     write_text_atomic(folder / RECORDS, "".join(line + "\n" for i, line in enumerate(lines) if i != number))
+    return lines[number]
 
 
 def verify(folder: Path, check: Check, tolerance: float, names: dict[str, str] | None = None,
@@ -94,11 +96,10 @@ def verify(folder: Path, check: Check, tolerance: float, names: dict[str, str] |
                 raise EdgevitError(f"{off}, but no single task's schedule does it alone; database {folder} is "
                                    "left as it is (compile will refuse it: retune, or remove the database)")
             workload = suspects[0]
-            line = (folder / RECORDS).read_text().splitlines()[best[workload]]
+            line = _drop_line(folder, best[workload])
             task = names.get(workload_hashes(folder)[workload], f"workload #{workload}")
             dropped.append({"task": task, "seconds": _mean_seconds(line), "max_abs": parity.max_abs,
                             "ref_range": parity.ref_range})
-            _drop_line(folder, best[workload])
             if len(dropped) >= max_drops:
                 raise EdgevitError(f"{off} after dropping {len(dropped)} schedules (last: {task}); "
                                    f"database {folder} kept as it is now")
