@@ -50,7 +50,7 @@ def _ort(model: onnx.ModelProto, feeds: dict[str, np.ndarray], runs: int):
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     outputs = session.run(None, feeds)
-    return list(outputs), _timed(lambda: session.run(None, feeds), runs), f"onnxruntime {ort.__version__}"
+    return list(outputs), _timed(lambda: session.run(None, feeds), runs), f"onnxruntime {ort.__version__}, its default threads (one per physical core)"
 
 
 def _torch(source, input_size: tuple[int, int] | None, feeds: dict[str, np.ndarray], runs: int):
@@ -136,6 +136,7 @@ def run_bench(source, model: onnx.ModelProto, optimized: onnx.ModelProto, target
         with ui.step(f"edgevit (TVM, {schedules}) × {runs}"):
             got, times = adapter.time_local(library, list(feeds.values()), runs)
         device = f"host {platform.machine()}"
+        threads = f", {adapter.runtime_threads()} threads"
     else:
         host, port, key = (tuple(remote) + (None,))[:3]  # type: ignore[misc]
         via = f"tracker {host}:{port} key {key}" if key else f"RPC {host}:{port}"
@@ -143,8 +144,9 @@ def run_bench(source, model: onnx.ModelProto, optimized: onnx.ModelProto, target
             got, median = adapter.run_rpc(library, list(feeds.values()), host, port, repeat=runs, key=key)
         times = [median]
         device = f"{target.name} via {via}"
+        threads = ""
     results.insert(0, {"runtime": "edgevit (TVM)", "device": device, "version": f"TVM {adapter.versions()['tvm']}, "
-                       f"{schedules}", "times_ms": times, "max_abs_vs_onnxruntime": _max_abs(ref, got)})
+                       f"{schedules}{threads}", "times_ms": times, "max_abs_vs_onnxruntime": _max_abs(ref, got)})
 
     for r in results:
         r["times_ms"] = [round(t * 1e3, 4) for t in r["times_ms"]]
@@ -174,6 +176,7 @@ def run_bench(source, model: onnx.ModelProto, optimized: onnx.ModelProto, target
              if "max_abs_vs_onnxruntime" in r else "reference"] for r in results]
     notes = [(f"{runs} timed runs after 1 warm-up; seeded standard-normal input ({shape_text}); ratio = median / "
               "onnxruntime median (below 1 is faster).")]
+    notes.append("Runtimes: " + "; ".join(f"{r['runtime']}: {r['version']}" for r in results) + ".")
     if not native:
         notes.append("The TVM number was measured on the device; onnxruntime and PyTorch ran on this host.")
     ref_range = float(max(np.ptp(r) for r in ref)) or 1.0

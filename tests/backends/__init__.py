@@ -26,3 +26,34 @@ def unconvertible_model() -> onnx.ModelProto:
         "unconvertible", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [12])], [shape])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def gemm_model(width: int = 14, channels: int = 32, out_channels: int | None = None) -> onnx.ModelProto:
+    """An EfficientFormer-style MLP on 1xCxWxW: 1x1 conv C→2C, GELU (Erf), 1x1 conv 2C→C' plus, when C' = C, the
+    residual; then the tokens through MatMul (C'→C', weights [K, N]) + bias. The GEMM micro-kernels' shapes."""
+    rng = np.random.default_rng(0)
+    c, h = channels, 2 * channels
+    o = out_channels or channels
+
+    def const(name, *shape):
+        fan_in = shape[0] if len(shape) == 2 else shape[1] if len(shape) == 4 else 1
+        return numpy_helper.from_array((rng.standard_normal(shape) / np.sqrt(fan_in)).astype(np.float32), name)
+
+    inits = [const("w1", h, c, 1, 1), const("b1", h), const("w2", o, h, 1, 1), const("b2", o), const("wm", o, o),
+             const("bm", o), numpy_helper.from_array(np.array([0.70710677], np.float32), "rsqrt2"),
+             numpy_helper.from_array(np.array([1.0], np.float32), "one"),
+             numpy_helper.from_array(np.array([0.5], np.float32), "half"),
+             numpy_helper.from_array(np.array([1, o, width * width], np.int64), "tokens")]
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["h"]),
+             helper.make_node("Mul", ["h", "rsqrt2"], ["hs"]), helper.make_node("Erf", ["hs"], ["he"]),
+             helper.make_node("Add", ["he", "one"], ["h1"]), helper.make_node("Mul", ["h", "h1"], ["hg"]),
+             helper.make_node("Mul", ["hg", "half"], ["g"]),
+             helper.make_node("Conv", ["g", "w2", "b2"], ["y2"])]
+    if o == c:
+        nodes.append(helper.make_node("Add", ["y2", "x"], ["r"]))
+    nodes += [helper.make_node("Reshape", ["r" if o == c else "y2", "tokens"], ["t"]),
+              helper.make_node("Transpose", ["t"], ["tt"], perm=[0, 2, 1]),
+              helper.make_node("MatMul", ["tt", "wm"], ["m"]), helper.make_node("Add", ["m", "bm"], ["y"])]
+    graph = helper.make_graph(nodes, "gemm_mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, width, width])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, width * width, o])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])

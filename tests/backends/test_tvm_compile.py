@@ -181,3 +181,30 @@ def test_avx512_target_runs_where_the_cpu_has_it(tmp_path):
         assert parity["max_abs"] <= TOLERANCE * parity["ref_range"]
     else:
         assert parity is None and "needs CPU features" in result.summary
+
+
+def test_count_cores_counts_hyperthreads_once():
+    from edgevit.backends.tvm import count_cores
+
+    smt = "\n\n".join(f"processor\t: {i}\nphysical id\t: 0\ncore id\t\t: {i % 2}" for i in range(4))  # 2 cores x 2
+    assert count_cores(smt, {0, 1, 2, 3}) == 2
+    assert count_cores(smt, {0, 2}) == 1  # both hyper-threads of core 0
+    no_smt = "\n\n".join(f"processor\t: {i}\nphysical id\t: 0\ncore id\t\t: {i}" for i in range(2))
+    assert count_cores(no_smt, {0, 1}) == 2
+    assert count_cores("processor\t: 0\n\nprocessor\t: 1\n\nprocessor\t: 2", {0, 1, 2}) == 3  # no topology given
+
+
+def test_tvm_runs_one_thread_per_physical_core():
+    """TVM alone sizes its pool to half the logical CPUs on x86 (it assumes hyper-threading): on these 2-core
+    machines without SMT that was ONE thread, for every kernel, in bench and in tuning. The adapter sets one per core."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in ("TVM_NUM_THREADS", "OMP_NUM_THREADS")}
+    code = ("import tvm; from edgevit.backends.tvm import adapter, host_cores; "
+            "print(adapter.runtime_threads(), host_cores())")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=True)
+    threads, cores = map(int, out.stdout.split())
+    assert threads == cores >= 1
+    env["TVM_NUM_THREADS"] = "1"  # the user's setting wins
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.split()[0] == "1"

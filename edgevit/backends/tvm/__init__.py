@@ -4,6 +4,8 @@ out/ receives `<name>.so` (weights embedded as constants: no params file to ship
 (inputs/outputs, target, TVM version, schedules applied) and `run.py`. MetaSchedule databases come from
 `schedules/<target>/<model>/` (or `$EDGEVIT_SCHEDULES/<target>/<model>/`); without one the build is
 untuned, and the terminal says so. Host-arch builds are checked against onnxruntime before being written.
+Targets with `gemm_microkernels = true` (x86-avx512) take their 1x1 convs and matmuls off MetaSchedule: those
+PrimFuncs call edgevit's AVX-512 micro-kernels (ev_gemm_avx512.c, linked into the library).
 """
 
 from __future__ import annotations
@@ -117,6 +119,27 @@ def host_cpu_flags() -> frozenset[str]:
         return frozenset()
 
 
+def count_cores(cpuinfo: str, allowed: set[int]) -> int:
+    """Physical cores among the `allowed` CPUs: distinct (physical id, core id) pairs in /proc/cpuinfo's text
+    (hyper-threads of one core count once); len(allowed) where the text says nothing of the topology."""
+    cores = set()
+    for block in cpuinfo.split("\n\n"):
+        fields = {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in block.splitlines() if ":" in line)}
+        if "core id" in fields and fields.get("processor", "").isdigit() and int(fields["processor"]) in allowed:
+            cores.add((fields.get("physical id", "0"), fields["core id"]))
+    return min(len(cores), len(allowed)) if cores else len(allowed)
+
+
+@functools.cache
+def host_cores() -> int:
+    """Physical cores this process may run on (its CPU affinity mask, hyper-threads counted once)."""
+    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+    try:
+        return count_cores(Path("/proc/cpuinfo").read_text(), allowed)
+    except OSError:
+        return len(allowed)
+
+
 def host_mismatch(target) -> str | None:
     """Why this host cannot run `target`'s libraries, or None if it can: another architecture, or CPU features
     (the [tvm] table's `cpu_flags`, as /proc/cpuinfo names them) it lacks — running would die on SIGILL."""
@@ -163,7 +186,17 @@ def prepare(model: onnx.ModelProto, target):
         mod = adapter.import_onnx(model, {s["name"]: s["shape"] for s in inputs}, {s["name"]: s["dtype"] for s in inputs})
     with ui.step("lower to TIR (legalize, fold, fuse)"):
         mod = adapter.lower(mod, tvm_target, layout)
+    if uses_gemm_microkernels(target):
+        with ui.step("schedule 1x1 convs and matmuls onto the AVX-512 GEMM micro-kernels"):
+            mod, names = adapter.apply_gemm_microkernels(mod)
+        ui.console.print(f"  {len(names)} PrimFunc(s) call the micro-kernels")
     return model, inputs, adapter, tvm_target, mod
+
+
+def uses_gemm_microkernels(target) -> bool:
+    """The target's [tvm] `gemm_microkernels`: 1x1 convs and matmuls call ev_gemm_avx512.c (linked into the
+    library) instead of MetaSchedule's code, which keeps at most ~14 accumulators in registers."""
+    return bool(target.options.get("gemm_microkernels", False))
 
 
 def _database_hash(folder: Path) -> str:
@@ -207,11 +240,14 @@ def compile_model(model: onnx.ModelProto, target, out_dir: Path, name: str, args
         if not done:
             ui.console.print(f"[yellow]warning:[/yellow] the database in {folder} matched none of the {total} "
                              "PrimFuncs (tuned at another input size or TVM version?)")
+    gemm = adapter.gemm_microkernel_funcs(mod)
+    if gemm:
+        schedules["gemm_microkernel_prim_funcs"] = len(gemm)
     executable = timed("build", f"build for {target.name} ({tvm_target.kind.name}, "
                                 f"{opts['target'].get('mtriple', 'host')})", adapter.build, mod, tvm_target)
     library = out_dir / f"{name}.so"
     timed("link", f"link {library.name}" + (f" with {cross}" if cross else ""),
-          adapter.export_library, executable, library, cross)
+          adapter.export_library, executable, library, cross, bool(gemm))
 
     feeds = G.seeded_inputs(model, {s["name"]: s["shape"] for s in inputs}, seed=0)
     reference = run_ort(given, feeds)  # the graph as the passes proved it, before our rewrites
@@ -252,6 +288,8 @@ def compile_model(model: onnx.ModelProto, target, out_dir: Path, name: str, args
         f"# edgevit compile: {name} → {target.name} (TVM {meta['versions']['tvm']})", "",
         md_table(["library", "size", "schedules", "parity"],
                  [[library.name, f"{size / 2**20:.2f} MiB", schedules["status"], check]]), "",
+        *([f"{len(gemm)} PrimFunc(s) (1x1 convs, matmuls) call edgevit's AVX-512 GEMM micro-kernels, linked into "
+           "the library.", ""] if gemm else []),
         f"Run on the device: `python3 run.py` (needs apache-tvm=={meta['versions']['tvm']} and "
         f"apache-tvm-ffi=={meta['versions']['tvm_ffi']}).",
     ])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import warnings
 from pathlib import Path
 
@@ -22,6 +23,13 @@ from tvm.s_tir import meta_schedule as ms
 from tvm.support import cc
 
 from ...errors import EdgevitError
+from . import host_cores
+
+# Unless TVM_NUM_THREADS says otherwise, TVM's thread pool takes HALF the logical CPUs on x86, assuming 2-way
+# hyper-threading. On the 2-core machines here (no SMT) every kernel ran on one thread, and MetaSchedule tuned
+# for one thread, while onnxruntime used both cores. One thread per physical core instead; MetaSchedule's runner
+# processes inherit it. Set before any kernel runs: the pool reads it once, when it starts.
+os.environ.setdefault("TVM_NUM_THREADS", str(host_cores()))
 
 SCHEDULED_ATTR = "tirx.is_scheduled"  # what MetaScheduleApplyDatabase sets on each PrimFunc it schedules
 _IMPORTER_BUILTINS = {"Constant", "If"}  # handled by the importer itself, not through the convert map
@@ -141,17 +149,135 @@ def scheduled_count(mod: tvm.IRModule) -> tuple[int, int]:
     return done, len(funcs)
 
 
+# --- AVX-512 GEMM micro-kernels (ev_gemm_avx512.c) for 1x1 convolutions and matmuls -------------------------
+GEMM_SOURCE = Path(__file__).with_name("ev_gemm_avx512.c")
+GEMM_ATTR = "edgevit.gemm_microkernel"  # on each PrimFunc that calls into GEMM_SOURCE
+GEMM_TILES = [(mr, nv) for mr in range(1, 9) for nv in range(1, 5) if mr * nv <= 28 and (mr, nv) != (8, 4)]
+
+
+def _gemm_intrin(mr: int, nv: int, k: int) -> str:
+    """Register (once) the tensor intrinsic C[mr, 16nv] += A[mr, k] · B[k, 16nv] → ev_gemm_f32_<mr>x<nv>."""
+    from tvm.script import tirx as T
+
+    name = f"edgevit_gemm_f32_{mr}x{nv}_k{k}"
+    if name in _gemm_intrin.registered:
+        return name
+    nr = 16 * nv
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, c: T.handle):
+        A = T.match_buffer(a, (mr, k), "float32", offset_factor=1)
+        B = T.match_buffer(b, (k, nr), "float32", offset_factor=1)
+        C = T.match_buffer(c, (mr, nr), "float32", offset_factor=1)
+        with T.sblock("root"):
+            T.reads(C[0:mr, 0:nr], A[0:mr, 0:k], B[0:k, 0:nr])
+            T.writes(C[0:mr, 0:nr])
+            for i, j, r in T.grid(mr, nr, k):
+                with T.sblock("update"):
+                    vi, vj, vr = T.axis.remap("SSR", [i, j, r])
+                    C[vi, vj] = C[vi, vj] + A[vi, vr] * B[vr, vj]
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle):
+        sa, sb, sc = T.int64(), T.int64(), T.int64()
+        A = T.match_buffer(a, (mr, k), "float32", offset_factor=1, strides=[sa, 1])
+        B = T.match_buffer(b, (k, nr), "float32", offset_factor=1, strides=[sb, 1])
+        C = T.match_buffer(c, (mr, nr), "float32", offset_factor=1, strides=[sc, 1])
+        with T.sblock("root"):
+            T.reads(C[0:mr, 0:nr], A[0:mr, 0:k], B[0:k, 0:nr])
+            T.writes(C[0:mr, 0:nr])
+            T.evaluate(T.call_extern("int32", f"ev_gemm_f32_{mr}x{nv}", A.access_ptr("r"), sa, B.access_ptr("r"), sb,
+                                     C.access_ptr("rw"), sc, T.int64(k)))
+
+    tvm.s_tir.TensorIntrin.register(name, desc, impl, override=True)
+    _gemm_intrin.registered.add(name)
+    return name
+
+
+_gemm_intrin.registered = set()
+
+
+def _gemm_tile(rows: int, cols: int) -> tuple[int, int] | None:
+    """(MR, NV) for an output of rows x cols: the most accumulators (then the most rows) whose tile divides it."""
+    fits = [(mr * nv, mr, nv) for mr, nv in GEMM_TILES if rows % mr == 0 and cols % (16 * nv) == 0]
+    return max(fits)[1:] if fits else None
+
+
+def _schedule_gemm(func):
+    """`func` with its one reduction (a 1x1 stride-1 NHWC conv2d or a [.., M, K] x [K, N] matmul) tensorized onto
+    an ev_gemm micro-kernel and its elementwise epilogue fused per output tile; None if it is not that shape."""
+    sch = tvm.s_tir.Schedule(tvm.IRModule({"main": func}))
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    reductions = [b for b in blocks if any(int(iv.iter_type) == 2 for iv in sch.get(b).iter_vars)]
+    if len(reductions) != 1 or sch.get(reductions[0]).writes[0].source.dtype != "float32":
+        return None
+    gemm = reductions[0]
+    at = [sch.get(b).name_hint for b in blocks].index(sch.get(gemm).name_hint)
+    before, after = blocks[:at], blocks[at + 1:]  # e.g. the conv's pad_temp copy; bias, GELU, residual add
+    try:
+        for b in before:
+            sch.compute_inline(b)
+        for b in after[:-1]:
+            sch.compute_inline(b)
+        loops = sch.get_loops(gemm)
+        kinds = [int(iv.iter_type) for iv in sch.get(gemm).iter_vars]
+        spatial = [lp for lp, kind in zip(loops, kinds) if kind == 0]
+        reduce = [lp for lp, kind in zip(loops, kinds) if kind == 2]
+        rows, cols = (int(sch.get(lp).extent) for lp in spatial[-2:])
+        tile = _gemm_tile(rows, cols)
+        if tile is None:
+            return None
+        mr, nv = tile
+        k = sch.fuse(*reduce) if len(reduce) > 1 else reduce[0]
+        depth = int(sch.get(k).extent)
+        ro, ri = sch.split(spatial[-2], [None, mr])
+        co, ci = sch.split(spatial[-1], [None, 16 * nv])
+        sch.reorder(co, *spatial[:-2], ro, ri, ci, k)  # column blocks outermost: each core keeps its B panel
+        outer = sch.fuse(co, *spatial[:-2], ro)
+        sch.parallel(outer)
+        if after:
+            sch.reverse_compute_at(after[-1], outer)
+            vec = sch.split(sch.get_loops(after[-1])[-1], [None, 16])[-1]
+            sch.vectorize(vec)
+        sch.decompose_reduction(gemm, ri)
+        sch.tensorize(ri, _gemm_intrin(mr, nv, depth))
+    except Exception:  # noqa: BLE001 — ScheduleError/TVMError: not this shape (e.g. B stored [N, K]), keep TIR's
+        return None
+    return sch.mod["main"].with_attrs({SCHEDULED_ATTR: True, GEMM_ATTR: True})
+
+
+def apply_gemm_microkernels(mod: tvm.IRModule) -> tuple[tvm.IRModule, list[str]]:
+    """Every PrimFunc of `mod` that `_schedule_gemm` takes, rescheduled (whatever a database gave it); and their
+    names. The library must then be linked with GEMM_SOURCE (export_library(..., gemm=True))."""
+    names = []
+    for gv, func in list(mod.functions_items()):
+        if isinstance(func, tvm.tirx.PrimFunc):
+            scheduled = _schedule_gemm(func)
+            if scheduled is not None:
+                mod[gv] = scheduled
+                names.append(gv.name_hint)
+    return mod, names
+
+
+def gemm_microkernel_funcs(mod: tvm.IRModule) -> list[str]:
+    """Names of the PrimFuncs in `mod` that call the micro-kernels (the library must be linked with them)."""
+    return [gv.name_hint for gv, f in mod.functions_items()
+            if isinstance(f, tvm.tirx.PrimFunc) and bool((f.attrs or {}).get(GEMM_ATTR, False))]
+
+
 def build(mod: tvm.IRModule, target: tvm.target.Target):
     """The Relax VM executable for `target` (schedules already applied to `mod` are kept)."""
     with tvm.transform.PassContext(opt_level=3):
         return tvm.compile(mod, target=target)
 
 
-def export_library(executable, path: Path, cross_compiler: str) -> None:
-    """Link the executable into a shared library; `cross_compiler` ('' = host compiler) links for the board."""
+def export_library(executable, path: Path, cross_compiler: str, gemm: bool = False) -> None:
+    """Link the executable into a shared library; `cross_compiler` ('' = host compiler) links for the board;
+    `gemm`: with the micro-kernels apply_gemm_microkernels calls into."""
     fcompile = cc.cross_compiler(cross_compiler) if cross_compiler else None
+    extra = {"addons": [str(GEMM_SOURCE)], "options": ["-O3"]} if gemm else {}
     try:
-        executable.export_library(str(path), fcompile=fcompile)
+        executable.export_library(str(path), fcompile=fcompile, **extra)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         hint = f" (is {cross_compiler} installed?)" if cross_compiler else ""
@@ -214,7 +340,9 @@ class Tuner:
     def __init__(self, mod: tvm.IRModule, target: tvm.target.Target, rpc: dict | None = None):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            self.tasks = ms.relax_integration.extract_tasks(mod, target)
+            tasks = ms.relax_integration.extract_tasks(mod, target)
+        # PrimFuncs already scheduled (the GEMM micro-kernels) are not MetaSchedule's to tune
+        self.tasks = [t for t in tasks if not bool((t.dispatched[0]["main"].attrs or {}).get(SCHEDULED_ATTR, False))]
         self.target = target
         self.rpc = rpc
         self.builder = self.runner = None  # started by the first chunk: a resumed run may need none
@@ -283,6 +411,11 @@ class Tuner:
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise EdgevitError(f"MetaSchedule failed while tuning task {task.task_name}: {first} "
                                    f"(logs in {logs} are removed; tasks tuned before it are kept)") from None
+
+
+def runtime_threads() -> int:
+    """Threads of this process's TVM thread pool (starts the pool)."""
+    return int(tvm.get_global_func("runtime.NumThreads")())
 
 
 def time_local(library: Path, inputs: list[np.ndarray], runs: int, warmup: int = 1) -> tuple[list[np.ndarray], list[float]]:

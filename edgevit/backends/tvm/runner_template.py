@@ -83,6 +83,10 @@ def main() -> None:
     if platform.machine() != arch:
         fail(f"{meta['library']} is built for {arch}, this machine is {platform.machine()}")
 
+    # TVM's thread pool would take half the logical CPUs on x86 (it assumes hyper-threading): one per core the
+    # target was built for instead, as edgevit measured it. TVM_NUM_THREADS set by you wins.
+    cores = meta["target"]["tvm"].get("num-cores") or os.cpu_count() or 1
+    os.environ.setdefault("TVM_NUM_THREADS", str(min(int(cores), os.cpu_count() or 1)))
     import tvm
     from tvm.runtime.vm import VirtualMachine
 

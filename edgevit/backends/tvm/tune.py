@@ -165,9 +165,16 @@ def _check_numbers(model, inlined, inputs, adapter, tvm_target, mod, target, fol
     feeds = G.seeded_inputs(inlined, {s["name"]: s["shape"] for s in inputs}, seed=0)
     reference = run_ort(model, feeds)
 
+    gemm = bool(adapter.gemm_microkernel_funcs(mod))
+
     def check(database: Path) -> Parity:
         built = adapter.build(adapter.apply_database(mod, tvm_target, adapter.load_database(database)), tvm_target)
-        return compare_outputs(reference, adapter.run_local(built, list(feeds.values())))
+        if not gemm:
+            return compare_outputs(reference, adapter.run_local(built, list(feeds.values())))
+        with tempfile.TemporaryDirectory() as tmp:  # the micro-kernels come in at link time
+            library = Path(tmp) / "check.so"
+            adapter.export_library(built, library, "", gemm=True)
+            return compare_outputs(reference, adapter.run_local(library, list(feeds.values())))
 
     with ui.step("check the tuned build against onnxruntime"):
         result, dropped = verify(folder, check, TOLERANCE, dict(zip(tuner.task_hashes(), tuner.task_names())))
