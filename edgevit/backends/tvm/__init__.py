@@ -4,8 +4,8 @@ out/ receives `<name>.so` (weights embedded as constants: no params file to ship
 (inputs/outputs, target, TVM version, schedules applied) and `run.py`. MetaSchedule databases come from
 `schedules/<target>/<model>/` (or `$EDGEVIT_SCHEDULES/<target>/<model>/`); without one the build is
 untuned, and the terminal says so. Host-arch builds are checked against onnxruntime before being written.
-Targets with `gemm_microkernels = true` (x86-avx512) take their 1x1 convs and matmuls off MetaSchedule: those
-PrimFuncs call edgevit's AVX-512 micro-kernels (ev_gemm_avx512.c, linked into the library).
+Targets with `gemm_microkernels = "avx512"` or `"avx2"` (the x86 ones) take their 1x1 convs and matmuls off
+MetaSchedule: those PrimFuncs call edgevit's micro-kernels (ev_gemm_x86.c, linked into the library).
 """
 
 from __future__ import annotations
@@ -186,17 +186,18 @@ def prepare(model: onnx.ModelProto, target):
         mod = adapter.import_onnx(model, {s["name"]: s["shape"] for s in inputs}, {s["name"]: s["dtype"] for s in inputs})
     with ui.step("lower to TIR (legalize, fold, fuse)"):
         mod = adapter.lower(mod, tvm_target, layout)
-    if uses_gemm_microkernels(target):
-        with ui.step("schedule 1x1 convs and matmuls onto the AVX-512 GEMM micro-kernels"):
-            mod, names = adapter.apply_gemm_microkernels(mod)
+    isa = gemm_microkernels(target)
+    if isa:
+        with ui.step(f"schedule 1x1 convs and matmuls onto the {isa} GEMM micro-kernels"):
+            mod, names = adapter.apply_gemm_microkernels(mod, isa)
         ui.console.print(f"  {len(names)} PrimFunc(s) call the micro-kernels")
     return model, inputs, adapter, tvm_target, mod
 
 
-def uses_gemm_microkernels(target) -> bool:
-    """The target's [tvm] `gemm_microkernels`: 1x1 convs and matmuls call ev_gemm_avx512.c (linked into the
-    library) instead of MetaSchedule's code, which keeps at most ~14 accumulators in registers."""
-    return bool(target.options.get("gemm_microkernels", False))
+def gemm_microkernels(target) -> str | None:
+    """The target's [tvm] `gemm_microkernels` ("avx512" or "avx2"): its 1x1 convs and matmuls call ev_gemm_x86.c
+    (linked into the library) instead of MetaSchedule's code, which keeps at most ~14 accumulators in registers."""
+    return target.options.get("gemm_microkernels") or None
 
 
 def _database_hash(folder: Path) -> str:
@@ -288,8 +289,8 @@ def compile_model(model: onnx.ModelProto, target, out_dir: Path, name: str, args
         f"# edgevit compile: {name} → {target.name} (TVM {meta['versions']['tvm']})", "",
         md_table(["library", "size", "schedules", "parity"],
                  [[library.name, f"{size / 2**20:.2f} MiB", schedules["status"], check]]), "",
-        *([f"{len(gemm)} PrimFunc(s) (1x1 convs, matmuls) call edgevit's AVX-512 GEMM micro-kernels, linked into "
-           "the library.", ""] if gemm else []),
+        *([f"{len(gemm)} PrimFunc(s) (1x1 convs, matmuls) call edgevit's {gemm_microkernels(target)} GEMM "
+           "micro-kernels, linked into the library.", ""] if gemm else []),
         f"Run on the device: `python3 run.py` (needs apache-tvm=={meta['versions']['tvm']} and "
         f"apache-tvm-ffi=={meta['versions']['tvm_ffi']}).",
     ])

@@ -149,20 +149,23 @@ def scheduled_count(mod: tvm.IRModule) -> tuple[int, int]:
     return done, len(funcs)
 
 
-# --- AVX-512 GEMM micro-kernels (ev_gemm_avx512.c) for 1x1 convolutions and matmuls -------------------------
-GEMM_SOURCE = Path(__file__).with_name("ev_gemm_avx512.c")
+# --- x86 GEMM micro-kernels (ev_gemm_x86.c) for 1x1 convolutions and matmuls --------------------------------
+GEMM_SOURCE = Path(__file__).with_name("ev_gemm_x86.c")
 GEMM_ATTR = "edgevit.gemm_microkernel"  # on each PrimFunc that calls into GEMM_SOURCE
-GEMM_TILES = [(mr, nv) for mr in range(1, 9) for nv in range(1, 5) if mr * nv <= 28 and (mr, nv) != (8, 4)]
+GEMM_LANES = {"avx512": 16, "avx2": 8}  # floats per vector register
+# (MR rows, NV vectors) that ev_gemm_x86.c defines: at most 28 of 32 zmm / 12 of 16 ymm hold accumulators
+GEMM_TILES = {"avx512": [(mr, nv) for mr in range(1, 9) for nv in range(1, 5) if mr * nv <= 28 and (mr, nv) != (8, 4)],
+              "avx2": [(mr, nv) for mr in range(1, 9) for nv in range(1, 5) if mr * nv <= 12]}
 
 
-def _gemm_intrin(mr: int, nv: int, k: int) -> str:
-    """Register (once) the tensor intrinsic C[mr, 16nv] += A[mr, k] · B[k, 16nv] → ev_gemm_f32_<mr>x<nv>."""
+def _gemm_intrin(isa: str, mr: int, nv: int, k: int) -> str:
+    """Register (once) the tensor intrinsic C[mr, L·nv] += A[mr, k] · B[k, L·nv] → ev_gemm_f32_<isa>_<mr>x<nv>."""
     from tvm.script import tirx as T
 
-    name = f"edgevit_gemm_f32_{mr}x{nv}_k{k}"
+    name = f"edgevit_gemm_f32_{isa}_{mr}x{nv}_k{k}"
     if name in _gemm_intrin.registered:
         return name
-    nr = 16 * nv
+    nr = GEMM_LANES[isa] * nv
 
     @T.prim_func(s_tir=True)
     def desc(a: T.handle, b: T.handle, c: T.handle):
@@ -186,7 +189,7 @@ def _gemm_intrin(mr: int, nv: int, k: int) -> str:
         with T.sblock("root"):
             T.reads(C[0:mr, 0:nr], A[0:mr, 0:k], B[0:k, 0:nr])
             T.writes(C[0:mr, 0:nr])
-            T.evaluate(T.call_extern("int32", f"ev_gemm_f32_{mr}x{nv}", A.access_ptr("r"), sa, B.access_ptr("r"), sb,
+            T.evaluate(T.call_extern("int32", f"ev_gemm_f32_{isa}_{mr}x{nv}", A.access_ptr("r"), sa, B.access_ptr("r"), sb,
                                      C.access_ptr("rw"), sc, T.int64(k)))
 
     tvm.s_tir.TensorIntrin.register(name, desc, impl, override=True)
@@ -197,13 +200,14 @@ def _gemm_intrin(mr: int, nv: int, k: int) -> str:
 _gemm_intrin.registered = set()
 
 
-def _gemm_tile(rows: int, cols: int) -> tuple[int, int] | None:
+def _gemm_tile(isa: str, rows: int, cols: int) -> tuple[int, int] | None:
     """(MR, NV) for an output of rows x cols: the most accumulators (then the most rows) whose tile divides it."""
-    fits = [(mr * nv, mr, nv) for mr, nv in GEMM_TILES if rows % mr == 0 and cols % (16 * nv) == 0]
+    lanes = GEMM_LANES[isa]
+    fits = [(mr * nv, mr, nv) for mr, nv in GEMM_TILES[isa] if rows % mr == 0 and cols % (lanes * nv) == 0]
     return max(fits)[1:] if fits else None
 
 
-def _schedule_gemm(func):
+def _schedule_gemm(func, isa: str):
     """`func` with its one reduction (a 1x1 stride-1 NHWC conv2d or a [.., M, K] x [K, N] matmul) tensorized onto
     an ev_gemm micro-kernel and its elementwise epilogue fused per output tile; None if it is not that shape."""
     sch = tvm.s_tir.Schedule(tvm.IRModule({"main": func}))
@@ -224,35 +228,39 @@ def _schedule_gemm(func):
         spatial = [lp for lp, kind in zip(loops, kinds) if kind == 0]
         reduce = [lp for lp, kind in zip(loops, kinds) if kind == 2]
         rows, cols = (int(sch.get(lp).extent) for lp in spatial[-2:])
-        tile = _gemm_tile(rows, cols)
+        tile = _gemm_tile(isa, rows, cols)
         if tile is None:
             return None
         mr, nv = tile
         k = sch.fuse(*reduce) if len(reduce) > 1 else reduce[0]
         depth = int(sch.get(k).extent)
         ro, ri = sch.split(spatial[-2], [None, mr])
-        co, ci = sch.split(spatial[-1], [None, 16 * nv])
+        lanes = GEMM_LANES[isa]
+        co, ci = sch.split(spatial[-1], [None, lanes * nv])
         sch.reorder(co, *spatial[:-2], ro, ri, ci, k)  # column blocks outermost: each core keeps its B panel
         outer = sch.fuse(co, *spatial[:-2], ro)
         sch.parallel(outer)
         if after:
             sch.reverse_compute_at(after[-1], outer)
-            vec = sch.split(sch.get_loops(after[-1])[-1], [None, 16])[-1]
+            vec = sch.split(sch.get_loops(after[-1])[-1], [None, lanes])[-1]
             sch.vectorize(vec)
         sch.decompose_reduction(gemm, ri)
-        sch.tensorize(ri, _gemm_intrin(mr, nv, depth))
+        sch.tensorize(ri, _gemm_intrin(isa, mr, nv, depth))
     except Exception:  # noqa: BLE001 — ScheduleError/TVMError: not this shape (e.g. B stored [N, K]), keep TIR's
         return None
     return sch.mod["main"].with_attrs({SCHEDULED_ATTR: True, GEMM_ATTR: True})
 
 
-def apply_gemm_microkernels(mod: tvm.IRModule) -> tuple[tvm.IRModule, list[str]]:
-    """Every PrimFunc of `mod` that `_schedule_gemm` takes, rescheduled (whatever a database gave it); and their
-    names. The library must then be linked with GEMM_SOURCE (export_library(..., gemm=True))."""
+def apply_gemm_microkernels(mod: tvm.IRModule, isa: str) -> tuple[tvm.IRModule, list[str]]:
+    """Every PrimFunc of `mod` that `_schedule_gemm` takes, scheduled onto the `isa` ("avx512" or "avx2")
+    micro-kernels; and their names. The library must then be linked with GEMM_SOURCE (export_library(...,
+    gemm=True)); a database applied afterwards leaves these PrimFuncs alone (they are marked scheduled)."""
+    if isa not in GEMM_LANES:
+        raise EdgevitError(f"gemm_microkernels = '{isa}': not one of {', '.join(GEMM_LANES)}")
     names = []
     for gv, func in list(mod.functions_items()):
         if isinstance(func, tvm.tirx.PrimFunc):
-            scheduled = _schedule_gemm(func)
+            scheduled = _schedule_gemm(func, isa)
             if scheduled is not None:
                 mod[gv] = scheduled
                 names.append(gv.name_hint)
