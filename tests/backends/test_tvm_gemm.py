@@ -3,6 +3,8 @@ a library linked with them computes what onnxruntime does."""
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
 from edgevit import targets
@@ -11,14 +13,14 @@ from edgevit.backends.tvm import TOLERANCE, compile_model, host_mismatch, prepar
 from . import gemm_model
 
 
-@pytest.mark.parametrize("isa, rows, cols, tile", [
-    ("avx512", 196, 224, (7, 2)),   # efficientformer_l1 stage 3 fc2: 14 zmm accumulators
-    ("avx512", 3136, 48, (8, 3)),   # stage 1 fc2: 48 output channels are 3 zmm; 8 rows divide 3136
-    ("avx512", 49, 1792, (7, 4)),   # stage 4 fc1: 28 accumulators, the most that leave registers for A and B
-    ("avx512", 196, 20, None),      # 20 columns are no whole zmm: MetaSchedule's TIR stays
-    ("avx2", 196, 224, (4, 2)),     # 16 ymm registers: at most 12 accumulators
-    ("avx2", 3136, 48, (4, 3)),
-    ("avx2", 49, 1792, (7, 1)),
+@pytest.mark.parametrize("isa, rows, cols, tile", [  # rows: an NHWC conv's image width (a tile stays in one row)
+    ("avx512", 14, 224, (7, 2)),    # efficientformer_l1 stage 3 fc2: 14 zmm accumulators
+    ("avx512", 56, 48, (8, 3)),     # stage 1 fc2: 48 output channels are 3 zmm; 8 pixels divide the width 56
+    ("avx512", 7, 1792, (7, 4)),    # stage 4 fc1: 28 accumulators (B read by the FMAs, A broadcast from memory)
+    ("avx512", 14, 20, None),       # 20 columns are no whole zmm: MetaSchedule's TIR stays
+    ("avx2", 14, 224, (2, 4)),      # 16 ymm registers: at most 12 accumulators
+    ("avx2", 56, 48, (4, 3)),
+    ("avx2", 7, 1792, (7, 1)),
 ])
 def test_tile_is_the_most_accumulators_that_divide_the_output(isa, rows, cols, tile):
     from edgevit.backends.tvm import adapter
@@ -53,8 +55,34 @@ def test_library_with_microkernels_matches_onnxruntime(tmp_path, target_name, ou
     report = result.report["tvm"]
     assert report["schedules"]["gemm_microkernel_prim_funcs"] == (3 if out_channels is None else 1)
     isa = target.options["gemm_microkernels"]
-    assert f"ev_gemm_f32_{isa}_".encode() in (tmp_path / "gemm.so").read_bytes()  # linked in, not left to the loader
+    defined = subprocess.run(["nm", "-D", "--defined-only", str(tmp_path / "gemm.so")], capture_output=True,
+                             text=True, check=True).stdout
+    assert f"ev_gemm_f32_{isa}_" in defined  # linked in, not left to the loader
     if host_mismatch(target) is None:
         assert report["parity"]["max_abs"] <= TOLERANCE * report["parity"]["ref_range"]
     else:
         assert report["parity"] is None
+
+
+def test_every_tile_the_scheduler_may_pick_is_in_the_c_file(tmp_path):
+    """GEMM_TILES (what _gemm_tile picks from) and ev_gemm_x86.c's kernel list are kept by hand: compile the file
+    and look every tile's symbol up."""
+    from edgevit.backends.tvm import adapter
+
+    obj = tmp_path / "ev_gemm.o"
+    subprocess.run(["gcc", "-O1", "-c", str(adapter.GEMM_SOURCE), "-o", str(obj)], check=True)
+    defined = set(subprocess.run(["nm", "--defined-only", str(obj)], capture_output=True, text=True,
+                                 check=True).stdout.split())
+    for isa, tiles in adapter.GEMM_TILES.items():
+        for mr, nv in tiles:
+            assert f"ev_gemm_f32_{isa}_{mr}x{nv}" in defined
+
+
+def test_microkernels_on_a_non_x86_target_are_a_one_line_error():
+    import dataclasses
+
+    from edgevit.errors import EdgevitError
+
+    rpi4 = targets.load("rpi4")
+    with pytest.raises(EdgevitError, match="needs an x86_64 target"):
+        prepare(gemm_model(), dataclasses.replace(rpi4, options={**rpi4.options, "gemm_microkernels": "avx2"}))

@@ -197,7 +197,11 @@ def prepare(model: onnx.ModelProto, target):
 def gemm_microkernels(target) -> str | None:
     """The target's [tvm] `gemm_microkernels` ("avx512" or "avx2"): its 1x1 convs and matmuls call ev_gemm_x86.c
     (linked into the library) instead of MetaSchedule's code, which keeps at most ~14 accumulators in registers."""
-    return target.options.get("gemm_microkernels") or None
+    isa = target.options.get("gemm_microkernels") or None
+    if isa and not str(target.options.get("target", {}).get("mtriple", "")).startswith("x86_64"):
+        raise EdgevitError(f"{target.path}: gemm_microkernels = '{isa}' needs an x86_64 target (the kernels are "
+                           "AVX-512/AVX2 C); remove it from the [tvm] table")
+    return isa
 
 
 def _database_hash(folder: Path) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import os
 import warnings
 from pathlib import Path
@@ -28,8 +29,10 @@ from . import host_cores
 # Unless TVM_NUM_THREADS says otherwise, TVM's thread pool takes HALF the logical CPUs on x86, assuming 2-way
 # hyper-threading. On the 2-core machines here (no SMT) every kernel ran on one thread, and MetaSchedule tuned
 # for one thread, while onnxruntime used both cores. One thread per physical core instead; MetaSchedule's runner
-# processes inherit it. Set before any kernel runs: the pool reads it once, when it starts.
-os.environ.setdefault("TVM_NUM_THREADS", str(host_cores()))
+# processes inherit it. Set before any kernel runs: the pool reads it once, when it starts. TVM_NUM_THREADS or
+# OMP_NUM_THREADS (which TVM reads next) set by the user win.
+if not (os.environ.get("TVM_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS")):
+    os.environ["TVM_NUM_THREADS"] = str(host_cores())
 
 SCHEDULED_ATTR = "tirx.is_scheduled"  # what MetaScheduleApplyDatabase sets on each PrimFunc it schedules
 _IMPORTER_BUILTINS = {"Constant", "If"}  # handled by the importer itself, not through the convert map
@@ -143,8 +146,10 @@ def apply_database(mod: tvm.IRModule, target: tvm.target.Target, database) -> tv
 
 
 def scheduled_count(mod: tvm.IRModule) -> tuple[int, int]:
-    """(PrimFuncs carrying the scheduled attribute, all PrimFuncs): the proof a database was applied."""
-    funcs = [f for _, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+    """(PrimFuncs carrying the scheduled attribute, all PrimFuncs), the GEMM micro-kernel ones left out of both:
+    the proof a database was applied."""
+    funcs = [f for _, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)
+             and not bool((f.attrs or {}).get(GEMM_ATTR, False))]
     done = sum(1 for f in funcs if f.attrs is not None and bool(f.attrs.get(SCHEDULED_ATTR, False)))
     return done, len(funcs)
 
@@ -154,7 +159,7 @@ GEMM_SOURCE = Path(__file__).with_name("ev_gemm_x86.c")
 GEMM_ATTR = "edgevit.gemm_microkernel"  # on each PrimFunc that calls into GEMM_SOURCE
 GEMM_LANES = {"avx512": 16, "avx2": 8}  # floats per vector register
 # (MR rows, NV vectors) that ev_gemm_x86.c defines: at most 28 of 32 zmm / 12 of 16 ymm hold accumulators
-GEMM_TILES = {"avx512": [(mr, nv) for mr in range(1, 9) for nv in range(1, 5) if mr * nv <= 28 and (mr, nv) != (8, 4)],
+GEMM_TILES = {"avx512": [(mr, nv) for mr in range(1, 9) for nv in range(1, 5) if mr * nv <= 28],
               "avx2": [(mr, nv) for mr in range(1, 9) for nv in range(1, 5) if mr * nv <= 12]}
 
 
@@ -201,7 +206,10 @@ _gemm_intrin.registered = set()
 
 
 def _gemm_tile(isa: str, rows: int, cols: int) -> tuple[int, int] | None:
-    """(MR, NV) for an output of rows x cols: the most accumulators (then the most rows) whose tile divides it."""
+    """(MR, NV) for an output of rows x cols: the most accumulators (then the most rows) whose tile divides it.
+
+    For an NHWC conv the rows are the image WIDTH (a tile never spans two image rows: its A operand must be one
+    strided [MR, K] region), so a prime width gets MR = 1 or 7 only where 7 divides it."""
     lanes = GEMM_LANES[isa]
     fits = [(mr * nv, mr, nv) for mr, nv in GEMM_TILES[isa] if rows % mr == 0 and cols % (lanes * nv) == 0]
     return max(fits)[1:] if fits else None
@@ -218,24 +226,31 @@ def _schedule_gemm(func, isa: str):
     gemm = reductions[0]
     at = [sch.get(b).name_hint for b in blocks].index(sch.get(gemm).name_hint)
     before, after = blocks[:at], blocks[at + 1:]  # e.g. the conv's pad_temp copy; bias, GELU, residual add
+    # A shape the kernels do not fit raises ScheduleError (a RuntimeError) from inline/tensorize: e.g. a strided
+    # or 3x3 conv, or matmul weights stored [N, K]. Such a PrimFunc keeps MetaSchedule's TIR.
     try:
         for b in before:
             sch.compute_inline(b)
         for b in after[:-1]:
             sch.compute_inline(b)
-        loops = sch.get_loops(gemm)
-        kinds = [int(iv.iter_type) for iv in sch.get(gemm).iter_vars]
-        spatial = [lp for lp, kind in zip(loops, kinds) if kind == 0]
-        reduce = [lp for lp, kind in zip(loops, kinds) if kind == 2]
-        rows, cols = (int(sch.get(lp).extent) for lp in spatial[-2:])
-        tile = _gemm_tile(isa, rows, cols)
-        if tile is None:
-            return None
-        mr, nv = tile
+    except RuntimeError:
+        return None
+    loops = sch.get_loops(gemm)
+    kinds = [int(iv.iter_type) for iv in sch.get(gemm).iter_vars]
+    spatial = [lp for lp, kind in zip(loops, kinds) if kind == 0]
+    reduce = [lp for lp, kind in zip(loops, kinds) if kind == 2]
+    if len(spatial) < 2 or len(loops) != len(kinds):
+        return None
+    rows, cols = (int(sch.get(lp).extent) for lp in spatial[-2:])
+    tile = _gemm_tile(isa, rows, cols)
+    if tile is None:
+        return None
+    mr, nv = tile
+    intrin = _gemm_intrin(isa, mr, nv, math.prod(int(sch.get(lp).extent) for lp in reduce))  # our bug if it fails
+    lanes = GEMM_LANES[isa]
+    try:
         k = sch.fuse(*reduce) if len(reduce) > 1 else reduce[0]
-        depth = int(sch.get(k).extent)
         ro, ri = sch.split(spatial[-2], [None, mr])
-        lanes = GEMM_LANES[isa]
         co, ci = sch.split(spatial[-1], [None, lanes * nv])
         sch.reorder(co, *spatial[:-2], ro, ri, ci, k)  # column blocks outermost: each core keeps its B panel
         outer = sch.fuse(co, *spatial[:-2], ro)
@@ -245,8 +260,8 @@ def _schedule_gemm(func, isa: str):
             vec = sch.split(sch.get_loops(after[-1])[-1], [None, lanes])[-1]
             sch.vectorize(vec)
         sch.decompose_reduction(gemm, ri)
-        sch.tensorize(ri, _gemm_intrin(isa, mr, nv, depth))
-    except Exception:  # noqa: BLE001 — ScheduleError/TVMError: not this shape (e.g. B stored [N, K]), keep TIR's
+        sch.tensorize(ri, intrin)
+    except RuntimeError:
         return None
     return sch.mod["main"].with_attrs({SCHEDULED_ATTR: True, GEMM_ATTR: True})
 

@@ -83,10 +83,12 @@ def main() -> None:
     if platform.machine() != arch:
         fail(f"{meta['library']} is built for {arch}, this machine is {platform.machine()}")
 
-    # TVM's thread pool would take half the logical CPUs on x86 (it assumes hyper-threading): one per core the
-    # target was built for instead, as edgevit measured it. TVM_NUM_THREADS set by you wins.
-    cores = meta["target"]["tvm"].get("num-cores") or os.cpu_count() or 1
-    os.environ.setdefault("TVM_NUM_THREADS", str(min(int(cores), os.cpu_count() or 1)))
+    # TVM's thread pool takes half the logical CPUs on x86, assuming 2-way hyper-threading. Where the kernel says
+    # there is none (e.g. 2-vCPU VMs), that is half the cores: use them all. TVM/OMP_NUM_THREADS set by you win.
+    smt = Path("/sys/devices/system/cpu/smt/active")
+    if (platform.machine() in ("x86_64", "AMD64") and smt.exists() and smt.read_text().strip() == "0"
+            and not (os.environ.get("TVM_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS"))):
+        os.environ["TVM_NUM_THREADS"] = str(len(os.sched_getaffinity(0)))
     import tvm
     from tvm.runtime.vm import VirtualMachine
 
