@@ -179,6 +179,7 @@ def prepare(model: onnx.ModelProto, target):
         raise EdgevitError(f"TVM's ONNX importer cannot convert {len(bad)} op type(s): {', '.join(bad)}; "
                            "nothing was compiled")
     tvm_target = adapter.make_target(opts["target"], str(target.path))
+    isa = gemm_microkernels(target)  # checked before any model work
     layout = conv_layout(target)
     if layout not in adapter.CONV_LAYOUTS:
         raise EdgevitError(f"{target.path}: layout '{layout}' is not one of {', '.join(adapter.CONV_LAYOUTS)}")
@@ -186,7 +187,6 @@ def prepare(model: onnx.ModelProto, target):
         mod = adapter.import_onnx(model, {s["name"]: s["shape"] for s in inputs}, {s["name"]: s["dtype"] for s in inputs})
     with ui.step("lower to TIR (legalize, fold, fuse)"):
         mod = adapter.lower(mod, tvm_target, layout)
-    isa = gemm_microkernels(target)
     if isa:
         with ui.step(f"schedule 1x1 convs and matmuls onto the {isa} GEMM micro-kernels"):
             mod, names = adapter.apply_gemm_microkernels(mod, isa)
@@ -197,7 +197,11 @@ def prepare(model: onnx.ModelProto, target):
 def gemm_microkernels(target) -> str | None:
     """The target's [tvm] `gemm_microkernels` ("avx512" or "avx2"): its 1x1 convs and matmuls call ev_gemm_x86.c
     (linked into the library) instead of MetaSchedule's code, which keeps at most ~14 accumulators in registers."""
+    from .adapter import GEMM_LANES
+
     isa = target.options.get("gemm_microkernels") or None
+    if isa and isa not in GEMM_LANES:
+        raise EdgevitError(f"{target.path}: gemm_microkernels = '{isa}' is not one of {', '.join(GEMM_LANES)}")
     if isa and not str(target.options.get("target", {}).get("mtriple", "")).startswith("x86_64"):
         raise EdgevitError(f"{target.path}: gemm_microkernels = '{isa}' needs an x86_64 target (the kernels are "
                            "AVX-512/AVX2 C); remove it from the [tvm] table")

@@ -145,13 +145,16 @@ def apply_database(mod: tvm.IRModule, target: tvm.target.Target, database) -> tv
         return relax.transform.MetaScheduleApplyDatabase()(mod)
 
 
+def _flag(func, attr: str) -> bool:
+    """Whether PrimFunc `func` carries the boolean attribute `attr` (SCHEDULED_ATTR, GEMM_ATTR)."""
+    return bool((func.attrs or {}).get(attr, False))
+
+
 def scheduled_count(mod: tvm.IRModule) -> tuple[int, int]:
     """(PrimFuncs carrying the scheduled attribute, all PrimFuncs), the GEMM micro-kernel ones left out of both:
     the proof a database was applied."""
-    funcs = [f for _, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)
-             and not bool((f.attrs or {}).get(GEMM_ATTR, False))]
-    done = sum(1 for f in funcs if f.attrs is not None and bool(f.attrs.get(SCHEDULED_ATTR, False)))
-    return done, len(funcs)
+    funcs = [f for _, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc) and not _flag(f, GEMM_ATTR)]
+    return sum(_flag(f, SCHEDULED_ATTR) for f in funcs), len(funcs)
 
 
 # --- x86 GEMM micro-kernels (ev_gemm_x86.c) for 1x1 convolutions and matmuls --------------------------------
@@ -270,8 +273,6 @@ def apply_gemm_microkernels(mod: tvm.IRModule, isa: str) -> tuple[tvm.IRModule, 
     """Every PrimFunc of `mod` that `_schedule_gemm` takes, scheduled onto the `isa` ("avx512" or "avx2")
     micro-kernels; and their names. The library must then be linked with GEMM_SOURCE (export_library(...,
     gemm=True)); a database applied afterwards leaves these PrimFuncs alone (they are marked scheduled)."""
-    if isa not in GEMM_LANES:
-        raise EdgevitError(f"gemm_microkernels = '{isa}': not one of {', '.join(GEMM_LANES)}")
     names = []
     for gv, func in list(mod.functions_items()):
         if isinstance(func, tvm.tirx.PrimFunc):
@@ -284,8 +285,7 @@ def apply_gemm_microkernels(mod: tvm.IRModule, isa: str) -> tuple[tvm.IRModule, 
 
 def gemm_microkernel_funcs(mod: tvm.IRModule) -> list[str]:
     """Names of the PrimFuncs in `mod` that call the micro-kernels (the library must be linked with them)."""
-    return [gv.name_hint for gv, f in mod.functions_items()
-            if isinstance(f, tvm.tirx.PrimFunc) and bool((f.attrs or {}).get(GEMM_ATTR, False))]
+    return [gv.name_hint for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc) and _flag(f, GEMM_ATTR)]
 
 
 def build(mod: tvm.IRModule, target: tvm.target.Target):
@@ -365,7 +365,7 @@ class Tuner:
             warnings.simplefilter("ignore")
             tasks = ms.relax_integration.extract_tasks(mod, target)
         # PrimFuncs already scheduled (the GEMM micro-kernels) are not MetaSchedule's to tune
-        self.tasks = [t for t in tasks if not bool((t.dispatched[0]["main"].attrs or {}).get(SCHEDULED_ATTR, False))]
+        self.tasks = [t for t in tasks if not _flag(t.dispatched[0]["main"], SCHEDULED_ATTR)]
         self.target = target
         self.rpc = rpc
         self.builder = self.runner = None  # started by the first chunk: a resumed run may need none
