@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import subprocess
 
+import onnx
+
 import pytest
 
 from edgevit import targets
@@ -48,10 +50,13 @@ def test_shapes_without_a_tile_keep_their_tir():
     assert len(adapter.gemm_microkernel_funcs(mod)) == 1  # only conv 32→64: 20 output channels fit no tile
 
 
-@pytest.mark.parametrize("target_name, out_channels", [("x86-avx512", None), ("x86-avx512", 20), ("x86-avx2", None)])
-def test_library_with_microkernels_matches_onnxruntime(tmp_path, target_name, out_channels):
+@pytest.mark.parametrize("target_name, out_channels, channels", [
+    ("x86-avx512", None, 32), ("x86-avx512", 20, 32), ("x86-avx2", None, 32),
+    ("x86-avx512", None, 64),  # weights of several packed panels
+])
+def test_library_with_microkernels_matches_onnxruntime(tmp_path, target_name, out_channels, channels):
     target = targets.load(target_name)
-    result = compile_model(gemm_model(out_channels=out_channels), target, tmp_path, name="gemm")
+    result = compile_model(gemm_model(channels=channels, out_channels=out_channels), target, tmp_path, name="gemm")
     report = result.report["tvm"]
     assert report["schedules"]["gemm_microkernel_prim_funcs"] == (3 if out_channels is None else 1)
     isa = target.options["gemm_microkernels"]
@@ -86,3 +91,72 @@ def test_microkernels_on_a_non_x86_target_are_a_one_line_error():
     rpi4 = targets.load("rpi4")
     with pytest.raises(EdgevitError, match="needs an x86_64 target"):
         prepare(gemm_model(), dataclasses.replace(rpi4, options={**rpi4.options, "gemm_microkernels": "avx2"}))
+
+
+
+def _canonical_gelu_model(blocked: bool) -> onnx.ModelProto:
+    """gemm_model after canonicalize-gelu: Gelu-20, or (`blocked`: a ReduceMean with an axes attribute keeps the
+    opset at 17, see test_canonicalize_gelu) edgevit.Gelu with its function body."""
+    import onnx_ir as ir
+    from onnx import helper
+
+    from edgevit.passes.canonicalize_gelu import PASS
+
+    model = gemm_model()
+    if blocked:
+        model.graph.node.append(helper.make_node("ReduceMean", ["y"], ["y_mean"], axes=[1]))
+        model.graph.output.append(helper.make_tensor_value_info("y_mean", onnx.TensorProto.FLOAT, [1, 1, 32]))
+    irm = ir.from_proto(model)
+    assert PASS.run(irm) == 1
+    return ir.to_proto(irm)
+
+
+@pytest.mark.parametrize("blocked, domain", [(False, ""), (True, "edgevit")])
+def test_gelu_is_one_vectorizable_polynomial(blocked, domain):
+    """Gelu-20 and edgevit.Gelu both lower to relax.nn.gelu with fast_erf: no scalar libm erf call, and fast_erf's
+    division is the only one (edgevit.Gelu's function body, x/√2, is not what TVM sees)."""
+    model = _canonical_gelu_model(blocked)
+    assert {n.domain for n in model.graph.node if n.op_type == "Gelu"} == {domain}
+    _, _, _, _, mod = prepare(model, targets.load("x86-avx512"))
+    (script,) = [mod[gv].script() for gv in mod.get_global_vars() if "gelu" in gv.name_hint]
+    assert "ev_gemm_f32_avx512_" in script  # still the fc1 micro-kernel's epilogue
+    assert "erf" not in script.replace("fast_erf", "") and script.count(" / ") == 1
+
+
+def test_edgevit_gelu_compiles_to_what_onnxruntime_computes(tmp_path):
+    """edgevit.Gelu reaches TVM as com.microsoft.Gelu: compile's parity check against onnxruntime holds."""
+    target = targets.load("x86-avx512")
+    result = compile_model(_canonical_gelu_model(blocked=True), target, tmp_path, name="gelu")
+    parity = result.report["tvm"]["parity"]
+    if host_mismatch(target) is None:
+        assert parity["max_abs"] <= TOLERANCE * parity["ref_range"]
+
+
+def _activation_matmul_model() -> onnx.ModelProto:
+    """MatMul of two graph inputs [14, 32] x [32, 64]: a micro-kernel shape whose B is no constant."""
+    from onnx import helper
+
+    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["y"])], "act_matmul",
+                              [helper.make_tensor_value_info("a", onnx.TensorProto.FLOAT, [1, 14, 32]),
+                               helper.make_tensor_value_info("b", onnx.TensorProto.FLOAT, [1, 32, 64])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 14, 64])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_constant_weights_are_packed_into_panels_at_compile_time():
+    from edgevit.backends.tvm import adapter
+
+    _, _, _, _, mod = prepare(gemm_model(channels=64), targets.load("x86-avx512"))
+    gemm = adapter.gemm_microkernel_funcs(mod)
+    assert all(adapter.PREPACK_ATTR in mod[name].script() for name in gemm)
+    # conv 64→128: HWIO weights [1, 1, 64, 128], tile 7x4 → two [64 x 64] panels
+    assert "T.sblock_alloc_buffer((T.int64(2), T.int64(1), T.int64(1), T.int64(64), T.int64(64)))" in mod.script()
+
+    folded = adapter.fold_prepacked_weights(mod)
+    names = [gv.name_hint for gv in folded.get_global_vars()]
+    assert sum(name.endswith("_prepacked") for name in names) == len(gemm)
+    assert not any("weight_prepack" in name for name in names)  # packed by FoldConstant, not at run time
+
+    _, _, _, _, act = prepare(_activation_matmul_model(), targets.load("x86-avx512"))
+    (name,) = adapter.gemm_microkernel_funcs(act)
+    assert adapter.PREPACK_ATTR not in act[name].script()  # an activation operand keeps its layout
