@@ -57,3 +57,19 @@ def gemm_model(width: int = 14, channels: int = 32, out_channels: int | None = N
     graph = helper.make_graph(nodes, "gemm_mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, width, width])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, width * width, o])], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def window_conv_model(stride: int, width: int = 14, channels: int = 32, out_channels: int = 128,
+                      groups: int = 1) -> onnx.ModelProto:
+    """Conv 3x3 (pad 1, `stride`, `groups`) + bias + Relu on 1xCxWxW: a downsampling embedding's shape."""
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array((rng.standard_normal((out_channels, channels // groups, 3, 3)) / np.sqrt(9 * channels))
+                                .astype(np.float32), "w")
+    b = numpy_helper.from_array(rng.standard_normal(out_channels).astype(np.float32), "b")
+    out = (width + 2 - 3) // stride + 1
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1], strides=[stride, stride], group=groups),
+         helper.make_node("Relu", ["c"], ["y"])],
+        "window_conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, width, width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, out_channels, out, out])], [w, b])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])

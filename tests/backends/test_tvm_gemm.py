@@ -12,7 +12,7 @@ import pytest
 from edgevit import targets
 from edgevit.backends.tvm import TOLERANCE, compile_model, host_mismatch, prepare
 
-from . import gemm_model
+from . import gemm_model, window_conv_model
 
 
 @pytest.mark.parametrize("isa, rows, cols, tile", [  # rows: an NHWC conv's image width (a tile stays in one row)
@@ -160,3 +160,24 @@ def test_constant_weights_are_packed_into_panels_at_compile_time():
     _, _, _, _, act = prepare(_activation_matmul_model(), targets.load("x86-avx512"))
     (name,) = adapter.gemm_microkernel_funcs(act)
     assert adapter.PREPACK_ATTR not in act[name].script()  # an activation operand keeps its layout
+
+
+@pytest.mark.parametrize("target_name, stride, width, out_channels, groups, on_kernels", [
+    ("x86-avx512", 1, 14, 128, 1, True),   # 3x3 stride 1: 9 kernel calls per tile, rows read from the padded copy
+    ("x86-avx512", 2, 28, 128, 1, True),   # stride 2: the padded copy stored even columns first
+    ("x86-avx2", 2, 28, 128, 1, True),
+    ("x86-avx512", 2, 28, 32, 1, False),   # 32 output channels: too few MACs per copied element to pay the copy
+    ("x86-avx512", 1, 14, 32, 32, False),  # depthwise: no input-channel reduction to call the kernels on
+])
+def test_3x3_convs_on_the_microkernels_match_onnxruntime(tmp_path, target_name, stride, width, out_channels, groups,
+                                                         on_kernels):
+    from edgevit.backends.tvm import adapter
+
+    model = window_conv_model(stride, width=width, out_channels=out_channels, groups=groups)
+    target = targets.load(target_name)
+    _, _, _, _, mod = prepare(model, target)
+    assert len(adapter.gemm_microkernel_funcs(mod)) == int(on_kernels)
+    result = compile_model(model, target, tmp_path, name="conv")
+    parity = result.report["tvm"]["parity"]
+    if host_mismatch(target) is None:
+        assert parity["max_abs"] <= TOLERANCE * parity["ref_range"]

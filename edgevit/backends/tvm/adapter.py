@@ -176,6 +176,11 @@ def scheduled_count(mod: tvm.IRModule) -> tuple[int, int]:
 GEMM_SOURCE = Path(__file__).with_name("ev_gemm_x86.c")
 GEMM_ATTR = "edgevit.gemm_microkernel"  # on each PrimFunc that calls into GEMM_SOURCE
 GEMM_LANES = {"avx512": 16, "avx2": 8}  # floats per vector register
+# A KxK conv on the micro-kernels first copies its padded input; MetaSchedule's direct conv pads on the fly. The
+# copy paid off from ~200 MACs per copied element (efficientformer_l1: 96→224 and 224→448 stride-2 convs, 441 and
+# 772: 263→186 and 319→266 us; 48→96, 202: even) and lost at 104 (its 32→48 stem conv: 179→270 us).
+WINDOW_MIN_MACS_PER_COPY = 150
+GEMM_MIN_DEPTH = 8  # below (e.g. an RGB stem conv's 3 input channels) loading and storing the tile costs more than its FMAs
 # (MR rows, NV vectors) that ev_gemm_x86.c defines: at most 28 of 32 zmm / 12 of 16 ymm hold accumulators
 GEMM_TILES = {"avx512": [(mr, nv) for mr in range(1, 9) for nv in range(1, 5) if mr * nv <= 28],
               "avx2": [(mr, nv) for mr in range(1, 9) for nv in range(1, 5) if mr * nv <= 12]}
@@ -250,10 +255,41 @@ def _prepack_weights(sch, gemm, weights: set[str], nr: int) -> None:
     sch.transform_layout(gemm, ("read", index), lambda *ix: (ix[-1] // nr, *ix[:-1], ix[-1] % nr))
 
 
+def _window_input(sch, conv, pad) -> bool:
+    """Prepare a KxK NHWC conv's padded input (block `pad`) for the micro-kernel, which reads, per window offset
+    (ry, rx), MR output pixels' input channels as MR rows of one strided [MR, C] region.
+
+    Stride 1: the rows are already evenly spaced. Stride 2: the padded rows are stored even columns first, then odd
+    ([n, h, w % 2, w // 2, c]), so the pixels 2x + rx of consecutive x are again consecutive. The copy runs in
+    parallel over padded rows (vectorizing its select over channels made it 2-3x slower). False if the stride or
+    the padded width does not allow that, or the copy would cost more than the kernels save."""
+    buffer = sch.get(pad).writes[0].source
+    read = next((r for r in sch.get(conv).reads if r.source.same_as(buffer)), None)
+    if read is None or len(read.region) != 4:
+        return False
+    macs = math.prod(int(sch.get(lp).extent) for lp in sch.get_loops(conv))
+    if macs < WINDOW_MIN_MACS_PER_COPY * math.prod(int(d) for d in buffer.shape):
+        return False
+    width_var = sch.get(conv).iter_vars[2].var  # NHWC: n, y, x, f, then ry, rx, rc
+    from tvm.sym.pattern import detect_linear_equation
+
+    stride = detect_linear_equation(read.region[2].min, [width_var])
+    if len(stride) != 2 or int(stride[0]) not in (1, 2):
+        return False
+    if int(stride[0]) == 2:
+        if int(buffer.shape[2]) % 2:
+            return False
+        sch.transform_layout(pad, ("write", 0), lambda n, h, w, c: (n, h, w % 2, w // 2, c))
+    sch.parallel(sch.fuse(*sch.get_loops(pad)[:2]))  # n, padded rows
+    return True
+
+
 def _schedule_gemm(func, isa: str, constants: frozenset = frozenset()):
-    """`func` with its one reduction (a 1x1 stride-1 NHWC conv2d or a [.., M, K] x [K, N] matmul) tensorized onto
-    an ev_gemm micro-kernel and its elementwise epilogue fused per output tile; None if it is not that shape.
-    `constants`: indices of `func`'s parameters that are compile-time constants (their layout is ours to pick)."""
+    """`func` with its one reduction tensorized onto an ev_gemm micro-kernel and its elementwise epilogue fused per
+    output tile; None if it is not a shape the kernels fit. The shapes: a [.., M, K] x [K, N] matmul; an NHWC conv2d,
+    1x1 (one kernel call per tile, K = input channels), or KxK with stride 1 or 2 (one call per window offset,
+    accumulating into the same tile). `constants`: indices of `func`'s parameters that are compile-time constants
+    (their layout is ours to pick)."""
     sch = tvm.s_tir.Schedule(tvm.IRModule({"main": func}))
     blocks = sch.get_child_blocks(sch.get_sblock("root"))
     reductions = [b for b in blocks if any(int(iv.iter_type) == 2 for iv in sch.get(b).iter_vars)]
@@ -262,41 +298,47 @@ def _schedule_gemm(func, isa: str, constants: frozenset = frozenset()):
     gemm = reductions[0]
     at = [sch.get(b).name_hint for b in blocks].index(sch.get(gemm).name_hint)
     before, after = blocks[:at], blocks[at + 1:]  # e.g. the conv's pad_temp copy; bias, GELU, residual add
-    # A shape the kernels do not fit raises ScheduleError (a RuntimeError) from inline/tensorize: e.g. a strided
-    # or 3x3 conv, or matmul weights stored [N, K]. Such a PrimFunc keeps MetaSchedule's TIR.
-    try:
-        for b in before:
-            sch.compute_inline(b)
-        for b in after[:-1]:
-            sch.compute_inline(b)
-    except RuntimeError:
-        return None
     loops = sch.get_loops(gemm)
     kinds = [int(iv.iter_type) for iv in sch.get(gemm).iter_vars]
+    if len(loops) != len(kinds):
+        return None
     spatial = [lp for lp, kind in zip(loops, kinds) if kind == 0]
     reduce = [lp for lp, kind in zip(loops, kinds) if kind == 2]
-    if len(spatial) < 2 or len(loops) != len(kinds):
+    window = any(int(sch.get(lp).extent) > 1 for lp in reduce[:-1])  # a KxK conv's ry, rx
+    if len(spatial) < 2 or (window and (len(before) != 1 or len(reduce) != 3 or len(spatial) != 4)):
         return None
     rows, cols = (int(sch.get(lp).extent) for lp in spatial[-2:])
+    depth = int(sch.get(reduce[-1]).extent) if window else math.prod(int(sch.get(lp).extent) for lp in reduce)
     tile = _gemm_tile(isa, rows, cols)
-    if tile is None:
+    if tile is None or depth < GEMM_MIN_DEPTH:
         return None
     mr, nv = tile
-    intrin = _gemm_intrin(isa, mr, nv, math.prod(int(sch.get(lp).extent) for lp in reduce))  # our bug if it fails
     lanes = GEMM_LANES[isa]
+    intrin = _gemm_intrin(isa, mr, nv, depth)  # our bug if it fails
+    # A shape the kernels do not fit raises ScheduleError (a RuntimeError), from inline or tensorize: e.g. a
+    # dilated or depthwise conv, or matmul weights stored [N, K]. Such a PrimFunc keeps MetaSchedule's TIR.
     try:
+        if window:
+            if not _window_input(sch, gemm, before[0]):
+                return None
+        else:
+            for b in before:
+                sch.compute_inline(b)
+        for b in after[:-1]:
+            sch.compute_inline(b)
         _prepack_weights(sch, gemm, {func.params[i].name for i in constants}, lanes * nv)
-        k = sch.fuse(*reduce) if len(reduce) > 1 else reduce[0]
+        k = reduce[-1] if window or len(reduce) == 1 else sch.fuse(*reduce)
+        offsets = reduce[:-1] if window else []
         ro, ri = sch.split(spatial[-2], [None, mr])
         co, ci = sch.split(spatial[-1], [None, lanes * nv])
-        sch.reorder(co, *spatial[:-2], ro, ri, ci, k)  # column blocks outermost: each core keeps its B panel
+        sch.reorder(co, *spatial[:-2], ro, *offsets, ri, ci, k)  # column blocks outermost: each core keeps its B panel
         outer = sch.fuse(co, *spatial[:-2], ro)
         sch.parallel(outer)
         if after:
             sch.reverse_compute_at(after[-1], outer)
             vec = sch.split(sch.get_loops(after[-1])[-1], [None, lanes])[-1]
             sch.vectorize(vec)
-        sch.decompose_reduction(gemm, ri)
+        sch.decompose_reduction(gemm, offsets[0] if offsets else ri)
         sch.tensorize(ri, intrin)
     except RuntimeError:
         return None
