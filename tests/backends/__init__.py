@@ -73,3 +73,21 @@ def window_conv_model(stride: int, width: int = 14, channels: int = 32, out_chan
         "window_conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, width, width])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, out_channels, out, out])], [w, b])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def conv_mlp_model(width: int = 14, channels: int = 32, ratio: int = 4, activation: str = "Gelu") -> onnx.ModelProto:
+    """An EfficientFormer Meta4D MLP on 1xCxWxW, as canonicalize-gelu leaves it: 1x1 conv C→rC + bias, Gelu (opset
+    20; or `activation` "Relu"), 1x1 conv rC→C + bias, plus the input (the residual)."""
+    rng = np.random.default_rng(0)
+    c, h = channels, ratio * channels
+
+    def const(name, *shape):
+        return numpy_helper.from_array((rng.standard_normal(shape) / np.sqrt(shape[1] if len(shape) > 1 else 1))
+                                       .astype(np.float32), name)
+
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["h"]), helper.make_node(activation, ["h"], ["g"]),
+             helper.make_node("Conv", ["g", "w2", "b2"], ["y2"]), helper.make_node("Add", ["y2", "x"], ["y"])]
+    graph = helper.make_graph(nodes, "conv_mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, width, width])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c, width, width])],
+                              [const("w1", h, c, 1, 1), const("b1", h), const("w2", c, h, 1, 1), const("b2", c)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])

@@ -12,7 +12,7 @@ import pytest
 from edgevit import targets
 from edgevit.backends.tvm import TOLERANCE, compile_model, host_mismatch, prepare
 
-from . import gemm_model, window_conv_model
+from . import conv_mlp_model, gemm_model, window_conv_model
 
 
 @pytest.mark.parametrize("isa, rows, cols, tile", [  # rows: an NHWC conv's image width (a tile stays in one row)
@@ -178,6 +178,29 @@ def test_3x3_convs_on_the_microkernels_match_onnxruntime(tmp_path, target_name, 
     _, _, _, _, mod = prepare(model, target)
     assert len(adapter.gemm_microkernel_funcs(mod)) == int(on_kernels)
     result = compile_model(model, target, tmp_path, name="conv")
+    parity = result.report["tvm"]["parity"]
+    if host_mismatch(target) is None:
+        assert parity["max_abs"] <= TOLERANCE * parity["ref_range"]
+
+
+@pytest.mark.parametrize("target_name, width, channels, activation, fused", [
+    ("x86-avx512", 14, 32, "Gelu", True),   # weights 2 x 16 KB: one PrimFunc, hidden activations per row tile
+    ("x86-avx2", 28, 48, "Gelu", True),
+    ("x86-avx512", 7, 192, "Gelu", False),  # 2 x 576 KB of weights would not stay in L2 for every row tile
+    ("x86-avx512", 14, 32, "Relu", False),  # only the GELU MLP is matched
+])
+def test_conv_mlp_fuses_into_one_primfunc_that_matches_onnxruntime(tmp_path, target_name, width, channels, activation,
+                                                                    fused):
+    from edgevit.backends.tvm import adapter
+
+    model = conv_mlp_model(width=width, channels=channels, activation=activation)
+    target = targets.load(target_name)
+    _, _, _, tvm_target, mod = prepare(model, target)
+    mlps = [gv.name_hint for gv, f in mod.functions_items() if (f.attrs or {}).get(adapter.MLP_ATTR)]
+    assert len(mlps) == int(fused)
+    assert len(adapter.gemm_microkernel_funcs(mod)) == (1 if fused else 2)
+    assert not set(mlps) & set(adapter.Tuner(mod, tvm_target).task_names())
+    result = compile_model(model, target, tmp_path, name="mlp")
     parity = result.report["tvm"]["parity"]
     if host_mismatch(target) is None:
         assert parity["max_abs"] <= TOLERANCE * parity["ref_range"]

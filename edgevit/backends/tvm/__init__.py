@@ -4,8 +4,9 @@ out/ receives `<name>.so` (weights embedded as constants: no params file to ship
 (inputs/outputs, target, TVM version, schedules applied) and `run.py`. MetaSchedule databases come from
 `schedules/<target>/<model>/` (or `$EDGEVIT_SCHEDULES/<target>/<model>/`); without one the build is
 untuned, and the terminal says so. Host-arch builds are checked against onnxruntime before being written.
-Targets with `gemm_microkernels = "avx512"` or `"avx2"` (the x86 ones) take their 1x1 convs and matmuls off
-MetaSchedule: those PrimFuncs call edgevit's micro-kernels (ev_gemm_x86.c, linked into the library).
+Targets with `gemm_microkernels = "avx512"` or `"avx2"` (the x86 ones) take their 1x1 and 3x3 convs and matmuls off
+MetaSchedule: those PrimFuncs call edgevit's micro-kernels (ev_gemm_x86.c, linked into the library), with
+the weights packed into panels at compile time.
 """
 
 from __future__ import annotations
@@ -73,9 +74,9 @@ def _constants_as_tensors(model: onnx.ModelProto) -> None:
 def _gelu_as_contrib_op(model: onnx.ModelProto) -> onnx.ModelProto:
     """edgevit.Gelu nodes as com.microsoft.Gelu, the same exact (erf) GELU, on a copy.
 
-    TVM's importer takes that op to relax.nn.gelu, which scales erf's input by a multiply; inlining
-    edgevit.Gelu's function body instead divides by √2, one more vdivps per element on top of fast_erf's
-    own, and the fc1+GELU kernels of efficientformer_l1 ran 10-30 % longer than their fc2."""
+    TVM's importer takes that op to relax.nn.gelu (adapter._legalize_gelu), which scales erf's input by a
+    multiply; inlining edgevit.Gelu's function body instead divides by √2: one more vdivps per element, on
+    top of fast_erf's own, in every fc1 + GELU kernel."""
     if not any(n.domain == "edgevit" and n.op_type == "Gelu" for n in model.graph.node):
         return model
     model = copy.deepcopy(model)
@@ -204,11 +205,13 @@ def prepare(model: onnx.ModelProto, target):
     with ui.step("import ONNX into TVM Relax"):
         mod = adapter.import_onnx(model, {s["name"]: s["shape"] for s in inputs}, {s["name"]: s["dtype"] for s in inputs})
     with ui.step("lower to TIR (legalize, fold, fuse)"):
-        mod = adapter.lower(mod, tvm_target, layout)
+        mod = adapter.lower(mod, tvm_target, layout, gemm_isa=isa)
     if isa:
-        with ui.step(f"schedule 1x1 convs and matmuls onto the {isa} GEMM micro-kernels"):
-            mod, names = adapter.apply_gemm_microkernels(mod, isa)
-        ui.console.print(f"  {len(names)} PrimFunc(s) call the micro-kernels")
+        with ui.step(f"schedule convs and matmuls onto the {isa} GEMM micro-kernels"):
+            mod, _ = adapter.apply_gemm_microkernels(mod, isa)
+        mlps = sum(bool((f.attrs or {}).get(adapter.MLP_ATTR)) for _, f in mod.functions_items())
+        ui.console.print(f"  {len(adapter.gemm_microkernel_funcs(mod))} PrimFunc(s) call the micro-kernels"
+                         + (f", {mlps} of them a whole conv MLP (fc1, GELU, fc2 per row tile)" if mlps else ""))
     return model, inputs, adapter, tvm_target, mod
 
 

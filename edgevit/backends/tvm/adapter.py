@@ -21,6 +21,7 @@ from tvm import relax
 from tvm.relax.frontend.onnx import from_onnx
 from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
 from tvm.s_tir import meta_schedule as ms
+from tvm.sym.pattern import detect_linear_equation
 from tvm.support import cc
 
 from ...errors import EdgevitError
@@ -88,20 +89,23 @@ def make_target(spec: dict, where: str) -> tvm.target.Target:
 CONV_LAYOUTS = {"NCHW": None, "NHWC": ["NHWC", "HWIO"]}  # [data, kernel] for relax.transform.ConvertLayout
 
 
-def lower(mod: tvm.IRModule, target: tvm.target.Target, layout: str = "NCHW") -> tvm.IRModule:
+def lower(mod: tvm.IRModule, target: tvm.target.Target, layout: str = "NCHW", gemm_isa: str | None = None) -> tvm.IRModule:
     """Relax → fused TIR PrimFuncs, exactly as MetaSchedule's static-shape tuning pipeline lowers it.
 
     `layout` NHWC converts every conv2d to NHWC data / HWIO kernels first (transposes only where the graph
     needs NCHW): output channels become the innermost, vectorizable axis, while NCHW leaves MetaSchedule the
-    image width (14, 7 in late stages) to vectorize. Tuning and compiling must see the same PrimFuncs, or a
-    database's workloads would not match.
+    image width (14, 7 in late stages) to vectorize. `gemm_isa` (a target with GEMM micro-kernels): small
+    conv MLPs become one PrimFunc each, already scheduled (`fuse_mlps`). Tuning and compiling must see the same
+    PrimFuncs, or a database's workloads would not match.
     """
     convert = [relax.transform.ConvertLayout({"relax.nn.conv2d": CONV_LAYOUTS[layout]})] if CONV_LAYOUTS[layout] else []
+    mlps = [relax.transform.FoldConstant(), _FuseMLPs(gemm_isa)] if gemm_isa and layout == "NHWC" else []
     with target:
         return tvm.transform.Sequential([
             *convert,
             relax.transform.DecomposeOpsForInference(),
             relax.transform.CanonicalizeBindings(),
+            *mlps,
             # erf/exp/tanh as vectorizable polynomials: otherwise every GELU element is a scalar call to libm's
             # erff (3.8 M calls per efficientformer_l1 inference); compile still checks parity vs onnxruntime
             relax.transform.FastMathTransform(),
@@ -113,19 +117,21 @@ def lower(mod: tvm.IRModule, target: tvm.target.Target, layout: str = "NCHW") ->
         ])(mod)
 
 
+def _gelu_te(x):
+    """x·(½ + ½·erf(x·√½)) with fast_erf's polynomial, computed in float32 (a TE tensor in, one out)."""
+    from tvm import topi
+
+    wide = topi.cast(x, "float32") if x.dtype != "float32" else x
+    erf = topi.fast_erf(wide * tvm.tirx.const(0.5 ** 0.5, "float32"))
+    out = wide * (tvm.tirx.const(0.5, "float32") + erf * tvm.tirx.const(0.5, "float32"))
+    return topi.cast(out, x.dtype) if x.dtype != "float32" else out
+
+
 def _legalize_gelu(bb, call):
-    """relax.nn.gelu as x·(½ + ½·erf(x·√½)) with fast_erf's polynomial, computed in float32: TVM's own legalization
-    calls topi.erf, which FastMathTransform (it rewrites relax.erf calls only) never reaches, so every element
-    became a scalar call to libm's erff (efficientformer_l1: 2.5× slower end to end)."""
-    from tvm import te, topi
-
-    def gelu(x: te.Tensor):
-        wide = topi.cast(x, "float32") if x.dtype != "float32" else x
-        erf = topi.fast_erf(wide * tvm.tirx.const(0.5 ** 0.5, "float32"))
-        out = wide * (tvm.tirx.const(0.5, "float32") + erf * tvm.tirx.const(0.5, "float32"))
-        return topi.cast(out, x.dtype) if x.dtype != "float32" else out
-
-    return bb.call_te(gelu, call.args[0], primfunc_name_hint="gelu")
+    """relax.nn.gelu as `_gelu_te`: TVM's own legalization calls topi.erf, which FastMathTransform (it rewrites
+    relax.erf calls only) never reaches, so every element became a scalar call to libm's erff
+    (efficientformer_l1: 21 ms instead of 7.5)."""
+    return bb.call_te(_gelu_te, call.args[0], primfunc_name_hint="gelu")
 
 
 def _builder():
@@ -186,11 +192,11 @@ GEMM_TILES = {"avx512": [(mr, nv) for mr in range(1, 9) for nv in range(1, 5) if
               "avx2": [(mr, nv) for mr in range(1, 9) for nv in range(1, 5) if mr * nv <= 12]}
 
 
-def _gemm_intrin(isa: str, mr: int, nv: int, k: int) -> str:
+def _gemm_intrin(isa: str, mr: int, nv: int, k: int, c_scope: str = "global") -> str:
     """Register (once) the tensor intrinsic C[mr, L·nv] += A[mr, k] · B[k, L·nv] → ev_gemm_f32_<isa>_<mr>x<nv>."""
     from tvm.script import tirx as T
 
-    name = f"edgevit_gemm_f32_{isa}_{mr}x{nv}_k{k}"
+    name = f"edgevit_gemm_f32_{isa}_{mr}x{nv}_k{k}_{c_scope}"
     if name in _gemm_intrin.registered:
         return name
     nr = GEMM_LANES[isa] * nv
@@ -199,7 +205,7 @@ def _gemm_intrin(isa: str, mr: int, nv: int, k: int) -> str:
     def desc(a: T.handle, b: T.handle, c: T.handle):
         A = T.match_buffer(a, (mr, k), "float32", offset_factor=1)
         B = T.match_buffer(b, (k, nr), "float32", offset_factor=1)
-        C = T.match_buffer(c, (mr, nr), "float32", offset_factor=1)
+        C = T.match_buffer(c, (mr, nr), "float32", offset_factor=1, scope=c_scope)
         with T.sblock("root"):
             T.reads(C[0:mr, 0:nr], A[0:mr, 0:k], B[0:k, 0:nr])
             T.writes(C[0:mr, 0:nr])
@@ -213,7 +219,7 @@ def _gemm_intrin(isa: str, mr: int, nv: int, k: int) -> str:
         sa, sb, sc = T.int64(), T.int64(), T.int64()
         A = T.match_buffer(a, (mr, k), "float32", offset_factor=1, strides=[sa, 1])
         B = T.match_buffer(b, (k, nr), "float32", offset_factor=1, strides=[sb, 1])
-        C = T.match_buffer(c, (mr, nr), "float32", offset_factor=1, strides=[sc, 1])
+        C = T.match_buffer(c, (mr, nr), "float32", offset_factor=1, strides=[sc, 1], scope=c_scope)
         with T.sblock("root"):
             T.reads(C[0:mr, 0:nr], A[0:mr, 0:k], B[0:k, 0:nr])
             T.writes(C[0:mr, 0:nr])
@@ -271,8 +277,6 @@ def _window_input(sch, conv, pad) -> bool:
     if macs < WINDOW_MIN_MACS_PER_COPY * math.prod(int(d) for d in buffer.shape):
         return False
     width_var = sch.get(conv).iter_vars[2].var  # NHWC: n, y, x, f, then ry, rx, rc
-    from tvm.sym.pattern import detect_linear_equation
-
     stride = detect_linear_equation(read.region[2].min, [width_var])
     if len(stride) != 2 or int(stride[0]) not in (1, 2):
         return False
@@ -314,7 +318,7 @@ def _schedule_gemm(func, isa: str, constants: frozenset = frozenset()):
         return None
     mr, nv = tile
     lanes = GEMM_LANES[isa]
-    intrin = _gemm_intrin(isa, mr, nv, depth)  # our bug if it fails
+    intrin = _gemm_intrin(isa, mr, nv, depth, "local" if after else "global")  # our bug if it fails
     # A shape the kernels do not fit raises ScheduleError (a RuntimeError), from inline or tensorize: e.g. a
     # dilated or depthwise conv, or matmul weights stored [N, K]. Such a PrimFunc keeps MetaSchedule's TIR.
     try:
@@ -338,6 +342,8 @@ def _schedule_gemm(func, isa: str, constants: frozenset = frozenset()):
             sch.reverse_compute_at(after[-1], outer)
             vec = sch.split(sch.get_loops(after[-1])[-1], [None, lanes])[-1]
             sch.vectorize(vec)
+        if after:
+            sch.set_scope(gemm, 0, "local")
         sch.decompose_reduction(gemm, offsets[0] if offsets else ri)
         sch.tensorize(ri, intrin)
     except RuntimeError:
@@ -367,11 +373,9 @@ def apply_gemm_microkernels(mod: tvm.IRModule, isa: str) -> tuple[tvm.IRModule, 
     """Every PrimFunc of `mod` that `_schedule_gemm` takes, scheduled onto the `isa` ("avx512" or "avx2")
     micro-kernels; and their names. The library must then be linked with GEMM_SOURCE (export_library(...,
     gemm=True)); a database applied afterwards leaves these PrimFuncs alone (they are marked scheduled)."""
-    names = []
-    # which PrimFunc parameters every caller passes a constant (weights): read off TVM's own analysis, kept off
-    # `mod` (the attribute would change the PrimFuncs MetaSchedule databases are keyed on)
     from tvm_ffi import structural_hash
 
+    names = []
     constants = _constant_params(mod)
     for gv, func in list(mod.functions_items()):
         if isinstance(func, tvm.tirx.PrimFunc):
@@ -380,6 +384,147 @@ def apply_gemm_microkernels(mod: tvm.IRModule, isa: str) -> tuple[tvm.IRModule, 
                 mod[gv] = scheduled
                 names.append(gv.name_hint)
     return mod, names
+
+
+# --- conv MLPs (1x1 conv → GELU → 1x1 conv + residual) on the micro-kernels, one row tile at a time ------------
+MLP_ATTR = "edgevit.fused_mlp"
+# Both weight matrices of a fused MLP are read again for every row tile, so they must stay in one core's L2 (1 MiB
+# on these EPYCs) next to the tile: efficientformer_l1's stages 1-2 (72 and 295 KB) fuse, stage 3 (1.6 MB) not.
+MLP_MAX_WEIGHT_BYTES = 512 * 1024
+
+
+def _mlp_pattern():
+    """conv2d(x, W1) + b1 → gelu → conv2d(·, W2) + b2 + residual, weights and biases constant."""
+    from tvm.relax.dpl import is_const, is_op, wildcard
+
+    parts = {name: is_const() for name in ("w1", "b1", "w2", "b2")}
+    parts["x"], parts["res"] = wildcard(), wildcard()
+    parts["conv1"] = is_op("relax.nn.conv2d")(parts["x"], parts["w1"])
+    hidden = is_op("relax.nn.gelu")(is_op("relax.add")(parts["conv1"], parts["b1"]))
+    parts["conv2"] = is_op("relax.nn.conv2d")(hidden, parts["w2"])
+    out = is_op("relax.add")(parts["conv2"], parts["b2"])
+    return is_op("relax.add")(out, parts["res"]) | is_op("relax.add")(parts["res"], out), parts
+
+
+def _mlp_prim_func(x, w1, b1, w2, b2, res):
+    """The MLP as one TIR PrimFunc (NHWC, 1x1 HWIO weights), from TE: fc1, bias, GELU (as _gelu_te), fc2, bias and
+    residual."""
+    from tvm import te, topi
+
+    X, W1, B1, W2, B2, R = (te.placeholder([int(d) for d in v.ty.shape], "float32", name)
+                            for v, name in ((x, "x"), (w1, "w1"), (b1, "b1"), (w2, "w2"), (b2, "b2"), (res, "res")))
+    k1 = te.reduce_axis((0, W1.shape[2]), "k1")
+    fc1 = te.compute((*X.shape[:3], W1.shape[3]), lambda n, i, j, f: te.sum(X[n, i, j, k1] * W1[0, 0, k1, f], axis=k1),
+                     name="fc1")
+    hidden = _gelu_te(topi.add(fc1, B1))
+    k2 = te.reduce_axis((0, W2.shape[2]), "k2")
+    fc2 = te.compute((*X.shape[:3], W2.shape[3]), lambda n, i, j, f: te.sum(hidden[n, i, j, k2] * W2[0, 0, k2, f],
+                                                                            axis=k2), name="fc2")
+    out = topi.add(topi.add(fc2, B2), R)
+    return te.create_prim_func([X, W1, B1, W2, B2, R, out]).without_attr("global_symbol")  # private, like FuseTIR's
+
+
+def _schedule_mlp(func, isa: str):
+    """The `_mlp_prim_func` scheduled per tile of MR pixels, in parallel: fc1 on the micro-kernels into an [MR, 4C]
+    hidden tile, bias + GELU over it, then fc2 + bias + residual; the hidden activations never leave the core's
+    caches. Both weights prepacked. None if a tile does not fit."""
+    sch = tvm.s_tir.Schedule(tvm.IRModule({"main": func}))
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    names = [sch.get(b).name_hint for b in blocks]
+    fc1, fc2 = sch.get_sblock("fc1"), sch.get_sblock("fc2")
+    between = blocks[names.index("fc1") + 1:names.index("fc2")]  # bias add, GELU's stages: the last is the hidden
+    after = blocks[names.index("fc2") + 1:]  # bias add, residual add
+    n, rows, cols, _ = (int(d) for d in func.params[5].shape)  # the residual: [1, H, W, C]
+    hidden_cols = int(func.params[1].shape[3])
+    tile = _gemm_tile(isa, cols, int(func.params[3].shape[3]))
+    lanes = GEMM_LANES[isa]
+    if tile is None:
+        return None
+    mr, nv2 = tile
+    nv1 = max((nv for m, nv in GEMM_TILES[isa] if m == mr and hidden_cols % (lanes * nv) == 0), default=None)
+    if nv1 is None:
+        return None
+    intrin1 = _gemm_intrin(isa, mr, nv1, int(func.params[1].shape[2]))
+    intrin2 = _gemm_intrin(isa, mr, nv2, hidden_cols)
+    try:
+        for b in between[:-1]:
+            sch.compute_inline(b)
+        for b in after[:-1]:
+            sch.compute_inline(b)
+        hidden = between[-1]
+        _prepack_weights(sch, fc1, {"w1"}, lanes * nv1)
+        _prepack_weights(sch, fc2, {"w2"}, lanes * nv2)
+        b_n, b_y, b_x, b_f, b_k = sch.get_loops(fc2)
+        xo, xi = sch.split(b_x, [None, mr])
+        fo, fi = sch.split(b_f, [None, lanes * nv2])
+        sch.reorder(b_n, b_y, xo, fo, xi, fi, b_k)
+        outer = sch.fuse(b_n, b_y, xo)
+        sch.parallel(outer)
+        sch.compute_at(hidden, outer)
+        sch.compute_at(fc1, outer)
+        h_f = sch.get_loops(hidden)[-1]
+        sch.vectorize(sch.split(h_f, [None, lanes])[-1])
+        sch.reverse_compute_at(after[-1], outer)
+        sch.vectorize(sch.split(sch.get_loops(after[-1])[-1], [None, lanes])[-1])
+        a_x, a_f, a_k = sch.get_loops(fc1)[-3:]  # under `outer` (its unit n, y loops are gone): MR pixels, 4C, C
+        f1o, f1i = sch.split(a_f, [None, lanes * nv1])
+        sch.reorder(f1o, a_x, f1i, a_k)
+        sch.decompose_reduction(fc1, a_x)
+        sch.tensorize(a_x, intrin1)
+        sch.decompose_reduction(fc2, xi)
+        sch.tensorize(xi, intrin2)
+    except RuntimeError:
+        return None
+    return sch.mod["main"].with_attrs({SCHEDULED_ATTR: True, GEMM_ATTR: True, MLP_ATTR: True, "op_pattern": 8})
+
+
+@tvm.transform.module_pass(opt_level=0, name="EdgevitFuseMLPs")
+class _FuseMLPs:
+    """Every conv MLP `_mlp_pattern` matches whose weights fit MLP_MAX_WEIGHT_BYTES, replaced by a call to one
+    PrimFunc scheduled by `_schedule_mlp` (op_pattern opaque: FuseOps leaves it alone)."""
+
+    def __init__(self, isa: str):
+        self.isa = isa
+
+    def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        from tvm.relax.dpl import rewrite_call
+
+        pattern, parts = _mlp_pattern()
+        added: list = []  # GlobalVars of the MLP PrimFuncs
+
+        def rewrite(expr, match):
+            v = {name: match[p] for name, p in parts.items()}
+            for conv in (v["conv1"], v["conv2"]):
+                a = conv.attrs
+                if (a.data_layout, a.kernel_layout, a.out_layout) != ("NHWC", "HWIO", "NHWC") or int(a.groups) != 1 \
+                        or any(int(d) != 1 for d in (*a.strides, *a.dilation)) or any(int(d) for d in a.padding):
+                    return expr
+            tensors = ("x", "w1", "b1", "w2", "b2", "res")
+            if any(v[k].ty.dtype != "float32" or v[k].ty.shape is None or
+                   not all(isinstance(d, tvm.tirx.IntImm) for d in v[k].ty.shape) for k in tensors):
+                return expr
+            dims = {k: [int(d) for d in v[k].ty.shape] for k in tensors}
+            w1, w2 = dims["w1"], dims["w2"]
+            if w1[:2] != [1, 1] or w2[:2] != [1, 1] or w2[2] != w1[3] or len(dims["x"]) != 4 or \
+                    4 * (math.prod(w1) + math.prod(w2)) > MLP_MAX_WEIGHT_BYTES or \
+                    dims["res"] != [*dims["x"][:3], w2[3]] or \
+                    math.prod(dims["b1"]) != w1[3] or math.prod(dims["b2"]) != w2[3]:
+                return expr
+            func = _schedule_mlp(_mlp_prim_func(v["x"], v["w1"], v["b1"], v["w2"], v["b2"], v["res"]), self.isa)
+            if func is None:
+                return expr
+            added.append(builder.add_func(func, "fused_mlp_conv2d_gelu_conv2d"))  # typed GlobalVar, unique name
+            return relax.call_tir(added[-1], [v[k] for k in tensors], expr.ty)
+
+        builder = relax.BlockBuilder(mod)
+        rewritten = {gv: rewrite_call(pattern, rewrite, func) for gv, func in mod.functions_items()
+                     if isinstance(func, relax.Function)}
+        if not added:
+            return mod
+        out = builder.get()
+        for gv, func in rewritten.items():
+            out[out.get_global_var(gv.name_hint)] = func
+        return relax.transform.DeadCodeElimination()(out)
 
 
 def gemm_microkernel_funcs(mod: tvm.IRModule) -> list[str]:
