@@ -38,6 +38,23 @@ def _timed(fn, runs: int, warmup: int = 1) -> list[float]:
     return times
 
 
+def _interleaved(runtimes: dict, runs: int, block: int = 5, pause: float = 0.05) -> dict[str, list[float]]:
+    """Per-run seconds of each callable in `runtimes`, timed in alternating blocks of `block` runs.
+
+    Timed one after the other, 20 s apart (the TVM build sits between them), the runtimes met different machines:
+    on a shared host the load moves both by ±15 % within seconds. Alternating blocks give both the same drift;
+    the `pause` before each block lets the other runtime's spinning worker threads go idle first."""
+    for fn in runtimes.values():
+        fn()  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in runtimes}
+    while any(len(t) < runs for t in times.values()):
+        for name, fn in runtimes.items():
+            if len(times[name]) < runs:
+                time.sleep(pause)
+                times[name] += _timed(fn, min(block, runs - len(times[name])), warmup=0)
+    return times
+
+
 def _max_abs(ref: list[np.ndarray], got: list[np.ndarray]) -> float:
     return float(max(np.max(np.abs(r.astype(np.float64) - g.astype(np.float64))) for r, g in zip(ref, got)))
 
@@ -50,7 +67,9 @@ def _ort(model: onnx.ModelProto, feeds: dict[str, np.ndarray], runs: int):
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     outputs = session.run(None, feeds)
-    return list(outputs), _timed(lambda: session.run(None, feeds), runs), f"onnxruntime {ort.__version__}, its default threads (one per physical core)"
+    run = lambda: session.run(None, feeds)  # noqa: E731
+    return (list(outputs), _timed(run, runs), f"onnxruntime {ort.__version__}, its default threads (one per physical "
+            "core)", run)
 
 
 def _torch(source, input_size: tuple[int, int] | None, feeds: dict[str, np.ndarray], runs: int):
@@ -112,9 +131,9 @@ def run_bench(source, model: onnx.ModelProto, optimized: onnx.ModelProto, target
 
     results = []
     with ui.step(f"onnxruntime × {runs}"):
-        ref, times, version = _ort(model, feeds, runs)
-    results.append({"runtime": "onnxruntime", "device": f"host {platform.machine()}", "version": version,
-                    "times_ms": times})
+        ref, times, version, ort_run = _ort(model, feeds, runs)
+    ort_result = {"runtime": "onnxruntime", "device": f"host {platform.machine()}", "version": version, "times_ms": times}
+    results.append(ort_result)
     # onnxruntime and PyTorch before the TVM build: TVM's thread pool (started by the build's own check run) keeps
     # its workers spinning, which slowed PyTorch's threads 5-10x on a 2-core machine when timed after it.
     if source.is_torch:
@@ -133,8 +152,12 @@ def run_bench(source, model: onnx.ModelProto, optimized: onnx.ModelProto, target
     from ..backends.tvm import adapter
 
     if native:
-        with ui.step(f"edgevit (TVM, {schedules}) × {runs}"):
-            got, times = adapter.time_local(library, list(feeds.values()), runs)
+        with ui.step(f"edgevit (TVM, {schedules}) and onnxruntime × {runs}, interleaved"):
+            got, tvm_run = adapter.load_local(library, list(feeds.values()))
+            both = _interleaved({"tvm": tvm_run, "onnxruntime": ort_run}, runs)
+        times = both["tvm"]
+        ort_result["times_ms"] = both["onnxruntime"]  # replaces the first block: measured beside TVM's
+        ort_result["version"] += "; timed interleaved with edgevit's library"
         device = f"host {platform.machine()}"
         threads = f", {adapter.runtime_threads()} threads"
     else:

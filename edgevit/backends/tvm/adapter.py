@@ -692,21 +692,13 @@ def runtime_threads() -> int:
     return int(tvm.get_global_func("runtime.NumThreads")())
 
 
-def time_local(library: Path, inputs: list[np.ndarray], runs: int, warmup: int = 1) -> tuple[list[np.ndarray], list[float]]:
-    """(outputs, per-run wall seconds) of a host-arch library in the Relax VM, inputs already on the device."""
-    import time
-
+def load_local(library: Path, inputs: list[np.ndarray]):
+    """(outputs, run): a host-arch library loaded in the Relax VM with `inputs` on the device; run() is one
+    inference, for timing."""
     vm = relax.VirtualMachine(tvm.runtime.load_module(str(library)), tvm.cpu())
     args = [tvm.runtime.tensor(a) for a in inputs]
-    outputs = _outputs(vm["main"](*args))
-    for _ in range(warmup):
-        vm["main"](*args)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        vm["main"](*args)
-        times.append(time.perf_counter() - start)
-    return outputs, times
+    main = vm["main"]
+    return _outputs(main(*args)), lambda: main(*args)
 
 
 def profile_local(library: Path, inputs: list[np.ndarray], runs: int = 3) -> list[dict]:
