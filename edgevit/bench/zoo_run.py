@@ -104,6 +104,8 @@ def _one(name: str, target, size, out_dir: Path, args) -> dict:
             row.update({"edgevit_ms": by["edgevit (TVM)"]["median_ms"], "onnxruntime_ms": by["onnxruntime"]["median_ms"],
                         "pytorch_ms": by.get("PyTorch", {}).get("median_ms"),
                         "edgevit_vs_ort": by["edgevit (TVM)"]["ratio_vs_onnxruntime"],
+                        "onnxruntime_optimized_graph_ms": by["onnxruntime (optimized graph)"]["median_ms"],
+                        "edgevit_vs_ort_optimized_graph": by["edgevit (TVM)"]["ratio_vs_onnxruntime_optimized_graph"],
                         "schedules": r["schedules"]["status"], "status": "measured",
                         "top_ops": [{"op": x["op"], "share": x["share"]} for x in r["op_breakdown"]["by_op"][:3]]})
     return row

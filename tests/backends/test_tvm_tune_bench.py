@@ -192,16 +192,18 @@ def test_bench_writes_json_markdown_and_chart(tmp_path, schedules):
     assert {"tiny_net.bench.json", "tiny_net.bench.md", "tiny_net.bench.png", "build"} <= {p.name for p in out.iterdir()}
     report = json.loads((out / "tiny_net.bench.json").read_text())
     results = {r["runtime"]: r for r in report["results"]}
-    assert set(results) == {"edgevit (TVM)", "onnxruntime", "PyTorch"}
+    assert set(results) == {"edgevit (TVM)", "onnxruntime", "onnxruntime (optimized graph)", "PyTorch"}
     assert results["onnxruntime"]["ratio_vs_onnxruntime"] == 1.0
+    assert results["onnxruntime (optimized graph)"]["ratio_vs_onnxruntime_optimized_graph"] == 1.0
     for r in results.values():
         assert len(r["times_ms"]) == 5 and r["median_ms"] > 0 and r["ratio_vs_onnxruntime"] > 0
+    assert results["onnxruntime (optimized graph)"]["max_abs_vs_onnxruntime"] < 1e-4 * 1.0
     range_ = 1.0
     assert results["edgevit (TVM)"]["max_abs_vs_onnxruntime"] < 1e-4 * range_
     assert results["PyTorch"]["max_abs_vs_onnxruntime"] < 1e-4 * range_  # same weights, same input
     assert report["schedules"]["status"] == "untuned" and report["inputs"] == {"input": [1, 3, 16, 16]}
     md = (out / "tiny_net.bench.md").read_text()
-    assert "vs onnxruntime" in md and "PyTorch" in md and "tiny_net.bench.png" in md
+    assert "vs onnxruntime (optimized graph)" in md and "PyTorch" in md and "tiny_net.bench.png" in md
     assert (out / "tiny_net.bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
