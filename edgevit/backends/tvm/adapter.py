@@ -434,7 +434,7 @@ def _schedule_mlp(func, isa: str):
     fc1, fc2 = sch.get_sblock("fc1"), sch.get_sblock("fc2")
     between = blocks[names.index("fc1") + 1:names.index("fc2")]  # bias add, GELU's stages: the last is the hidden
     after = blocks[names.index("fc2") + 1:]  # bias add, residual add
-    n, rows, cols, _ = (int(d) for d in func.params[5].shape)  # the residual: [1, H, W, C]
+    cols = int(func.params[5].shape[2])  # the residual: [1, H, W, C]; a tile is MR pixels of one image row
     hidden_cols = int(func.params[1].shape[3])
     tile = _gemm_tile(isa, cols, int(func.params[3].shape[3]))
     lanes = GEMM_LANES[isa]
@@ -508,8 +508,8 @@ class _FuseMLPs:
             if w1[:2] != [1, 1] or w2[:2] != [1, 1] or w2[2] != w1[3] or len(dims["x"]) != 4 or \
                     4 * (math.prod(w1) + math.prod(w2)) > MLP_MAX_WEIGHT_BYTES or \
                     dims["res"] != [*dims["x"][:3], w2[3]] or \
-                    math.prod(dims["b1"]) != w1[3] or math.prod(dims["b2"]) != w2[3]:
-                return expr
+                    any(dims[b][-1] != n or math.prod(dims[b]) != n for b, n in (("b1", w1[3]), ("b2", w2[3]))):
+                return expr  # (biases: one value per output channel, on the last, NHWC axis)
             func = _schedule_mlp(_mlp_prim_func(v["x"], v["w1"], v["b1"], v["w2"], v["b2"], v["res"]), self.isa)
             if func is None:
                 return expr
