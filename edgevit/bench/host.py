@@ -144,8 +144,9 @@ def run_bench(source, model: onnx.ModelProto, optimized: onnx.ModelProto, target
     ort_opt_result = {"runtime": ORT_OPTIMIZED, "device": f"host {platform.machine()}", "version": version,
                       "times_ms": times, "max_abs_vs_onnxruntime": _max_abs(ref, got)}
     results.append(ort_opt_result)
-    # onnxruntime and PyTorch before the TVM build: TVM's thread pool (started by the build's own check run) keeps
-    # its workers spinning, which slowed PyTorch's threads 5-10x on a 2-core machine when timed after it.
+    # PyTorch before the TVM build: TVM's thread pool (started by the build's own check run) keeps its workers
+    # spinning, which slowed PyTorch's threads 5-10x on a 2-core machine when timed after it. So PyTorch is timed
+    # alone, unlike onnxruntime, whose host numbers are retaken after the build, interleaved with TVM's.
     if source.is_torch:
         with ui.step(f"PyTorch × {runs}"):
             got, times, version = _torch(source, size, feeds, runs)
@@ -216,6 +217,9 @@ def run_bench(source, model: onnx.ModelProto, optimized: onnx.ModelProto, target
     notes.append("Runtimes: " + "; ".join(f"{r['runtime']}: {r['version']}" for r in results) + ".")
     if not native:
         notes.append("The TVM number was measured on the device; onnxruntime and PyTorch ran on this host.")
+    else:
+        notes.append("edgevit and both onnxruntime sessions were timed in alternating blocks of 5 runs; PyTorch "
+                     "alone, before the build (its ratio carries the host's drift between the two).")
     ref_range = float(max(np.ptp(r) for r in ref)) or 1.0
     if any(r.get("max_abs_vs_onnxruntime", 0.0) > 1e-3 * ref_range for r in results):
         notes.append("A runtime's outputs differ from onnxruntime by more than 1e-3 × the output range (for "

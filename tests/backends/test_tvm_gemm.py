@@ -93,7 +93,6 @@ def test_microkernels_on_a_non_x86_target_are_a_one_line_error():
         prepare(gemm_model(), dataclasses.replace(rpi4, options={**rpi4.options, "gemm_microkernels": "avx2"}))
 
 
-
 def _canonical_gelu_model(blocked: bool) -> onnx.ModelProto:
     """gemm_model after canonicalize-gelu: Gelu-20, or (`blocked`: a ReduceMean with an axes attribute keeps the
     opset at 17, see test_canonicalize_gelu) edgevit.Gelu with its function body."""
@@ -204,3 +203,11 @@ def test_conv_mlp_fuses_into_one_primfunc_that_matches_onnxruntime(tmp_path, tar
     parity = result.report["tvm"]["parity"]
     if host_mismatch(target) is None:
         assert parity["max_abs"] <= TOLERANCE * parity["ref_range"]
+
+
+def test_conv_mlp_stays_unfused_without_microkernels():
+    from edgevit.backends.tvm import adapter
+
+    _, _, _, _, mod = prepare(conv_mlp_model(), targets.load("rpi4"))  # ARM: MetaSchedule schedules everything
+    assert not any((f.attrs or {}).get(adapter.MLP_ATTR) for _, f in mod.functions_items())
+    assert adapter.gemm_microkernel_funcs(mod) == []

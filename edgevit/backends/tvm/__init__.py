@@ -216,7 +216,7 @@ def prepare(model: onnx.ModelProto, target):
 
 
 def gemm_microkernels(target) -> str | None:
-    """The target's [tvm] `gemm_microkernels` ("avx512" or "avx2"): its 1x1 convs and matmuls call ev_gemm_x86.c
+    """The target's [tvm] `gemm_microkernels` ("avx512" or "avx2"): its convs, matmuls and MLPs call ev_gemm_x86.c
     (linked into the library) instead of MetaSchedule's code, which keeps at most ~14 accumulators in registers."""
     from .adapter import GEMM_LANES
 
@@ -318,7 +318,7 @@ def compile_model(model: onnx.ModelProto, target, out_dir: Path, name: str, args
         f"# edgevit compile: {name} → {target.name} (TVM {meta['versions']['tvm']})", "",
         md_table(["library", "size", "schedules", "parity"],
                  [[library.name, f"{size / 2**20:.2f} MiB", schedules["status"], check]]), "",
-        *([f"{len(gemm)} PrimFunc(s) (1x1 convs, matmuls) call edgevit's {gemm_microkernels(target)} GEMM "
+        *([f"{len(gemm)} PrimFunc(s) (convs, matmuls, MLPs) call edgevit's {gemm_microkernels(target)} GEMM "
            "micro-kernels, linked into the library.", ""] if gemm else []),
         f"Run on the device: `python3 run.py` (needs apache-tvm=={meta['versions']['tvm']} and "
         f"apache-tvm-ffi=={meta['versions']['tvm_ffi']}).",

@@ -95,7 +95,7 @@ def lower(mod: tvm.IRModule, target: tvm.target.Target, layout: str = "NCHW", ge
     `layout` NHWC converts every conv2d to NHWC data / HWIO kernels first (transposes only where the graph
     needs NCHW): output channels become the innermost, vectorizable axis, while NCHW leaves MetaSchedule the
     image width (14, 7 in late stages) to vectorize. `gemm_isa` (a target with GEMM micro-kernels): small
-    conv MLPs become one PrimFunc each, already scheduled (`fuse_mlps`). Tuning and compiling must see the same
+    conv MLPs become one PrimFunc each, already scheduled (`_FuseMLPs`). Tuning and compiling must see the same
     PrimFuncs, or a database's workloads would not match.
     """
     convert = [relax.transform.ConvertLayout({"relax.nn.conv2d": CONV_LAYOUTS[layout]})] if CONV_LAYOUTS[layout] else []
@@ -118,9 +118,13 @@ def lower(mod: tvm.IRModule, target: tvm.target.Target, layout: str = "NCHW", ge
 
 
 def _gelu_te(x):
-    """x·(½ + ½·erf(x·√½)) with fast_erf's polynomial, computed in float32 (a TE tensor in, one out)."""
+    """x·(½ + ½·erf(x·√½)) (a TE tensor in, one out): float32 and float16 with fast_erf's float32 polynomial, other
+    dtypes with topi.erf in their own precision, as TVM's legalization does."""
     from tvm import topi
 
+    if x.dtype not in ("float32", "float16"):
+        return x * (tvm.tirx.const(0.5, x.dtype) + topi.erf(x * tvm.tirx.const(0.5 ** 0.5, x.dtype))
+                    * tvm.tirx.const(0.5, x.dtype))
     wide = topi.cast(x, "float32") if x.dtype != "float32" else x
     erf = topi.fast_erf(wide * tvm.tirx.const(0.5 ** 0.5, "float32"))
     out = wide * (tvm.tirx.const(0.5, "float32") + erf * tvm.tirx.const(0.5, "float32"))
@@ -182,9 +186,10 @@ def scheduled_count(mod: tvm.IRModule) -> tuple[int, int]:
 GEMM_SOURCE = Path(__file__).with_name("ev_gemm_x86.c")
 GEMM_ATTR = "edgevit.gemm_microkernel"  # on each PrimFunc that calls into GEMM_SOURCE
 GEMM_LANES = {"avx512": 16, "avx2": 8}  # floats per vector register
-# A KxK conv on the micro-kernels first copies its padded input; MetaSchedule's direct conv pads on the fly. The
-# copy paid off from ~200 MACs per copied element (efficientformer_l1: 96→224 and 224→448 stride-2 convs, 441 and
-# 772: 263→186 and 319→266 us; 48→96, 202: even) and lost at 104 (its 32→48 stem conv: 179→270 us).
+# A KxK conv on the micro-kernels first copies its padded input; MetaSchedule's direct conv pads on the fly.
+# Measured on efficientformer_l1's stride-2 convs (MACs per copied element): 96→224 (441) and 224→448 (772) gained,
+# 263→186 and 319→266 us; 48→96 (202) came out even; the 32→48 stem conv (104) lost, 179→270 us. The threshold
+# sits between the loss and the break-even.
 WINDOW_MIN_MACS_PER_COPY = 150
 GEMM_MIN_DEPTH = 8  # below (e.g. an RGB stem conv's 3 input channels) loading and storing the tile costs more than its FMAs
 # (MR rows, NV vectors) that ev_gemm_x86.c defines: at most 28 of 32 zmm / 12 of 16 ymm hold accumulators
@@ -253,6 +258,8 @@ def _prepack_weights(sch, gemm, weights: set[str], nr: int) -> None:
     by N (3.2 MB per stage-4 conv of efficientformer_l1, read from DRAM every inference). The copy is a
     layout-rewrite block: `build` splits it out and folds it into the constant at compile time."""
     reads = sch.get(gemm).reads
+    # the first constant operand: B for every shape _schedule_gemm takes (a constant A would be packed along K, and
+    # tensorize would then reject the PrimFunc, which keeps MetaSchedule's TIR)
     index = next((i for i, r in enumerate(reads) if r.source.name in weights), None)
     if index is None or int(reads[index].source.shape[-1]) % nr:
         return
@@ -319,8 +326,9 @@ def _schedule_gemm(func, isa: str, constants: frozenset = frozenset()):
     mr, nv = tile
     lanes = GEMM_LANES[isa]
     intrin = _gemm_intrin(isa, mr, nv, depth, "local" if after else "global")  # our bug if it fails
-    # A shape the kernels do not fit raises ScheduleError (a RuntimeError), from inline or tensorize: e.g. a
-    # dilated or depthwise conv, or matmul weights stored [N, K]. Such a PrimFunc keeps MetaSchedule's TIR.
+    # A shape the kernels do not fit raises ScheduleError (a RuntimeError), from inline or tensorize: e.g. matmul
+    # weights stored [N, K], or a grouped conv whose tile would span two groups. Such a PrimFunc keeps
+    # MetaSchedule's TIR (depthwise convs never get here: no input-channel reduction deep enough).
     try:
         if window:
             if not _window_input(sch, gemm, before[0]):
@@ -425,8 +433,8 @@ def _mlp_prim_func(x, w1, b1, w2, b2, res):
 
 
 def _schedule_mlp(func, isa: str):
-    """The `_mlp_prim_func` scheduled per tile of MR pixels, in parallel: fc1 on the micro-kernels into an [MR, 4C]
-    hidden tile, bias + GELU over it, then fc2 + bias + residual; the hidden activations never leave the core's
+    """The `_mlp_prim_func` scheduled per tile of MR pixels, in parallel: fc1 on the micro-kernels into an [MR, hidden]
+    tile, bias + GELU over it, then fc2 + bias + residual; the hidden activations never leave the core's
     caches. Both weights prepacked. None if a tile does not fit."""
     sch = tvm.s_tir.Schedule(tvm.IRModule({"main": func}))
     blocks = sch.get_child_blocks(sch.get_sblock("root"))
@@ -508,8 +516,9 @@ class _FuseMLPs:
             if w1[:2] != [1, 1] or w2[:2] != [1, 1] or w2[2] != w1[3] or len(dims["x"]) != 4 or \
                     4 * (math.prod(w1) + math.prod(w2)) > MLP_MAX_WEIGHT_BYTES or \
                     dims["res"] != [*dims["x"][:3], w2[3]] or \
-                    any(dims[b][-1] != n or math.prod(dims[b]) != n for b, n in (("b1", w1[3]), ("b2", w2[3]))):
-                return expr  # (biases: one value per output channel, on the last, NHWC axis)
+                    any(dims[b][-1] != n or math.prod(dims[b]) != n for b, n in (("b1", w1[3]), ("b2", w2[3]))) or \
+                    [int(d) for d in expr.ty.shape] != dims["res"]:
+                return expr  # (biases: one value per output channel, on the last, NHWC axis; no broadcast beyond)
             func = _schedule_mlp(_mlp_prim_func(v["x"], v["w1"], v["b1"], v["w2"], v["b2"], v["res"]), self.isa)
             if func is None:
                 return expr

@@ -18,7 +18,8 @@
     VEC acc[MR][NV];                                                                                           \
     for (int i = 0; i < MR; ++i)                                                                               \
       for (int j = 0; j < NV; ++j) acc[i][j] = LOAD(C + i * ldc + LANES * j);                                  \
-    /* B packed into panels (ldb = the tile's width): the next panel follows this one. Pull it into L2 while \
+    /* B packed into panels (ldb = the tile's width; an unpacked B exactly one tile wide looks the same and    \
+       gets a harmless prefetch past its end): the next panel follows this one. Pull it into L2 while        \
        this one is in use, if both fit there, so the first row tile of each panel does not wait on DRAM     \
        (efficientformer_l1's stage-4 fc1 and attention qkv: ~10 % faster). */                               \
     const int prefetch = ldb == LANES * NV && K * ldb * (int64_t)sizeof(float) <= EV_PREFETCH_MAX_BYTES;     \
