@@ -95,7 +95,7 @@ def _one(name: str, target, size, out_dir: Path, args) -> dict:
             row.update({"instructions": r["instructions"], "estimated_ms": r["estimated_ms"],
                         "clock_hz": r["clock_hz"], "peak_sram": r["peak_sram"], "status": "estimated (QEMU)"})
         else:
-            from .host import run_bench
+            from .host import ORT_OPTIMIZED, run_bench
 
             remote = getattr(args, "_remote", None)
             r = run_bench(source, model, optimized, target, tmp, hw, args.runs,
@@ -104,7 +104,7 @@ def _one(name: str, target, size, out_dir: Path, args) -> dict:
             row.update({"edgevit_ms": by["edgevit (TVM)"]["median_ms"], "onnxruntime_ms": by["onnxruntime"]["median_ms"],
                         "pytorch_ms": by.get("PyTorch", {}).get("median_ms"),
                         "edgevit_vs_ort": by["edgevit (TVM)"]["ratio_vs_onnxruntime"],
-                        "onnxruntime_optimized_graph_ms": by["onnxruntime (optimized graph)"]["median_ms"],
+                        "onnxruntime_optimized_graph_ms": by[ORT_OPTIMIZED]["median_ms"],
                         "edgevit_vs_ort_optimized_graph": by["edgevit (TVM)"]["ratio_vs_onnxruntime_optimized_graph"],
                         "schedules": r["schedules"]["status"], "status": "measured",
                         "top_ops": [{"op": x["op"], "share": x["share"]} for x in r["op_breakdown"]["by_op"][:3]]})

@@ -4,9 +4,9 @@ out/ receives `<name>.so` (weights embedded as constants: no params file to ship
 (inputs/outputs, target, TVM version, schedules applied) and `run.py`. MetaSchedule databases come from
 `schedules/<target>/<model>/` (or `$EDGEVIT_SCHEDULES/<target>/<model>/`); without one the build is
 untuned, and the terminal says so. Host-arch builds are checked against onnxruntime before being written.
-Targets with `gemm_microkernels = "avx512"` or `"avx2"` (the x86 ones) take their 1x1 and 3x3 convs and matmuls off
-MetaSchedule: those PrimFuncs call edgevit's micro-kernels (ev_gemm_x86.c, linked into the library), with
-the weights packed into panels at compile time.
+Targets with `gemm_microkernels = "avx512"` or `"avx2"` (the x86 ones) take their 1x1 and 3x3 convs, matmuls and small
+conv MLPs off MetaSchedule: those PrimFuncs call edgevit's micro-kernels (ev_gemm_x86.c, linked into the library),
+with the weights packed into panels at compile time.
 """
 
 from __future__ import annotations

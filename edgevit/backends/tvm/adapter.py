@@ -23,6 +23,7 @@ from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
 from tvm.s_tir import meta_schedule as ms
 from tvm.sym.pattern import detect_linear_equation
 from tvm.support import cc
+from tvm_ffi import structural_equal, structural_hash
 
 from ...errors import EdgevitError
 from . import host_cores
@@ -197,11 +198,11 @@ GEMM_TILES = {"avx512": [(mr, nv) for mr in range(1, 9) for nv in range(1, 5) if
               "avx2": [(mr, nv) for mr in range(1, 9) for nv in range(1, 5) if mr * nv <= 12]}
 
 
-def _gemm_intrin(isa: str, mr: int, nv: int, k: int, c_scope: str = "global") -> str:
+def _gemm_intrin(isa: str, mr: int, nv: int, k: int) -> str:
     """Register (once) the tensor intrinsic C[mr, L·nv] += A[mr, k] · B[k, L·nv] → ev_gemm_f32_<isa>_<mr>x<nv>."""
     from tvm.script import tirx as T
 
-    name = f"edgevit_gemm_f32_{isa}_{mr}x{nv}_k{k}_{c_scope}"
+    name = f"edgevit_gemm_f32_{isa}_{mr}x{nv}_k{k}"
     if name in _gemm_intrin.registered:
         return name
     nr = GEMM_LANES[isa] * nv
@@ -210,7 +211,7 @@ def _gemm_intrin(isa: str, mr: int, nv: int, k: int, c_scope: str = "global") ->
     def desc(a: T.handle, b: T.handle, c: T.handle):
         A = T.match_buffer(a, (mr, k), "float32", offset_factor=1)
         B = T.match_buffer(b, (k, nr), "float32", offset_factor=1)
-        C = T.match_buffer(c, (mr, nr), "float32", offset_factor=1, scope=c_scope)
+        C = T.match_buffer(c, (mr, nr), "float32", offset_factor=1)
         with T.sblock("root"):
             T.reads(C[0:mr, 0:nr], A[0:mr, 0:k], B[0:k, 0:nr])
             T.writes(C[0:mr, 0:nr])
@@ -224,7 +225,7 @@ def _gemm_intrin(isa: str, mr: int, nv: int, k: int, c_scope: str = "global") ->
         sa, sb, sc = T.int64(), T.int64(), T.int64()
         A = T.match_buffer(a, (mr, k), "float32", offset_factor=1, strides=[sa, 1])
         B = T.match_buffer(b, (k, nr), "float32", offset_factor=1, strides=[sb, 1])
-        C = T.match_buffer(c, (mr, nr), "float32", offset_factor=1, strides=[sc, 1], scope=c_scope)
+        C = T.match_buffer(c, (mr, nr), "float32", offset_factor=1, strides=[sc, 1])
         with T.sblock("root"):
             T.reads(C[0:mr, 0:nr], A[0:mr, 0:k], B[0:k, 0:nr])
             T.writes(C[0:mr, 0:nr])
@@ -295,6 +296,11 @@ def _window_input(sch, conv, pad) -> bool:
     return True
 
 
+def _vectorize_channels(sch, block, lanes: int) -> None:
+    """Vectorize `block`'s innermost loop (the channels of an elementwise epilogue) by one register's lanes."""
+    sch.vectorize(sch.split(sch.get_loops(block)[-1], [None, lanes])[-1])
+
+
 def _schedule_gemm(func, isa: str, constants: frozenset = frozenset()):
     """`func` with its one reduction tensorized onto an ev_gemm micro-kernel and its elementwise epilogue fused per
     output tile; None if it is not a shape the kernels fit. The shapes: a [.., M, K] x [K, N] matmul; an NHWC conv2d,
@@ -325,7 +331,7 @@ def _schedule_gemm(func, isa: str, constants: frozenset = frozenset()):
         return None
     mr, nv = tile
     lanes = GEMM_LANES[isa]
-    intrin = _gemm_intrin(isa, mr, nv, depth, "local" if after else "global")  # our bug if it fails
+    intrin = _gemm_intrin(isa, mr, nv, depth)  # our bug if it fails
     # A shape the kernels do not fit raises ScheduleError (a RuntimeError), from inline or tensorize: e.g. matmul
     # weights stored [N, K], or a grouped conv whose tile would span two groups. Such a PrimFunc keeps
     # MetaSchedule's TIR (depthwise convs never get here: no input-channel reduction deep enough).
@@ -348,10 +354,7 @@ def _schedule_gemm(func, isa: str, constants: frozenset = frozenset()):
         sch.parallel(outer)
         if after:
             sch.reverse_compute_at(after[-1], outer)
-            vec = sch.split(sch.get_loops(after[-1])[-1], [None, lanes])[-1]
-            sch.vectorize(vec)
-        if after:
-            sch.set_scope(gemm, 0, "local")
+            _vectorize_channels(sch, after[-1], lanes)
         sch.decompose_reduction(gemm, offsets[0] if offsets else ri)
         sch.tensorize(ri, intrin)
     except RuntimeError:
@@ -366,8 +369,6 @@ def _constant_params(mod: tvm.IRModule) -> dict[int, frozenset]:
     the PrimFuncs MetaSchedule databases are keyed on. The pass renames the functions it annotates, so they are
     matched back by structure; a PrimFunc called with a constant at one site and not at another gets the
     intersection."""
-    from tvm_ffi import structural_hash
-
     out: dict[int, frozenset] = {}
     for _, func in relax.transform.AttachAttrLayoutFreeBuffers()(mod).functions_items():
         if isinstance(func, tvm.tirx.PrimFunc):
@@ -381,8 +382,6 @@ def apply_gemm_microkernels(mod: tvm.IRModule, isa: str) -> tuple[tvm.IRModule, 
     """Every PrimFunc of `mod` that `_schedule_gemm` takes, scheduled onto the `isa` ("avx512" or "avx2")
     micro-kernels; and their names. The library must then be linked with GEMM_SOURCE (export_library(...,
     gemm=True)); a database applied afterwards leaves these PrimFuncs alone (they are marked scheduled)."""
-    from tvm_ffi import structural_hash
-
     names = []
     constants = _constant_params(mod)
     for gv, func in list(mod.functions_items()):
@@ -470,10 +469,9 @@ def _schedule_mlp(func, isa: str):
         sch.parallel(outer)
         sch.compute_at(hidden, outer)
         sch.compute_at(fc1, outer)
-        h_f = sch.get_loops(hidden)[-1]
-        sch.vectorize(sch.split(h_f, [None, lanes])[-1])
+        _vectorize_channels(sch, hidden, lanes)
         sch.reverse_compute_at(after[-1], outer)
-        sch.vectorize(sch.split(sch.get_loops(after[-1])[-1], [None, lanes])[-1])
+        _vectorize_channels(sch, after[-1], lanes)
         a_x, a_f, a_k = sch.get_loops(fc1)[-3:]  # under `outer` (its unit n, y loops are gone): MR pixels, 4C, C
         f1o, f1i = sch.split(a_f, [None, lanes * nv1])
         sch.reorder(f1o, a_x, f1i, a_k)
@@ -649,8 +647,6 @@ class Tuner:
 
     def task_hashes(self) -> list[str]:
         """Each task's structural hash as the JSON database writes it (a workload line's first field)."""
-        from tvm_ffi import structural_hash
-
         return [str(structural_hash(t.dispatched[0])) for t in self.tasks]
 
     def task_weights(self) -> list[float]:
@@ -661,8 +657,6 @@ class Tuner:
         if not (folder / "database_workload.json").exists():
             return [(0, None) for _ in self.tasks]
         db = load_database(folder)
-        from tvm_ffi import structural_equal, structural_hash
-
         by_hash: dict[int, list] = {}
         for rec in db.get_all_tuning_records():
             by_hash.setdefault(structural_hash(rec.workload.mod), []).append(rec)
