@@ -91,3 +91,28 @@ def conv_mlp_model(width: int = 14, channels: int = 32, ratio: int = 4, activati
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c, width, width])],
                               [const("w1", h, c, 1, 1), const("b1", h), const("w2", c, h, 1, 1), const("b2", c)])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+
+
+def pool_mixer_model(width: int = 14, channels: int = 32, pool: str = "AveragePool") -> onnx.ModelProto:
+    """PoolFormer's / EfficientFormer's token mixer on 1xCxWxW, after a 3x3 conv (which puts it in the target's conv
+    layout): x + s·(pool(x) - x) with a per-channel scale s, `pool` "AveragePool" (3x3, stride 1, pad 1, padding not
+    counted); or "MaxPool" (3x3, stride 2, pad 1) alone, the output half the size."""
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array((rng.standard_normal((channels, channels, 3, 3)) / np.sqrt(9 * channels))
+                                .astype(np.float32), "w")
+    conv = helper.make_node("Conv", ["i", "w"], ["x"], pads=[1, 1, 1, 1])
+    i = helper.make_tensor_value_info("i", TensorProto.FLOAT, [1, channels, width, width])
+    if pool == "MaxPool":
+        out = (width - 1) // 2 + 1
+        nodes = [conv, helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2])]
+        graph = helper.make_graph(nodes, "max_pool", [i],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, channels, out, out])], [w])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    s = numpy_helper.from_array(rng.standard_normal((channels, 1, 1)).astype(np.float32), "s")
+    nodes = [conv, helper.make_node("AveragePool", ["x"], ["p"], kernel_shape=[3, 3], pads=[1, 1, 1, 1],
+                                    strides=[1, 1], count_include_pad=0),
+             helper.make_node("Sub", ["p", "x"], ["d"]), helper.make_node("Mul", ["d", "s"], ["m"]),
+             helper.make_node("Add", ["x", "m"], ["y"])]
+    graph = helper.make_graph(nodes, "pool_mixer", [i],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, channels, width, width])], [w, s])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])

@@ -12,7 +12,7 @@ import pytest
 from edgevit import targets
 from edgevit.backends.tvm import TOLERANCE, compile_model, host_mismatch, prepare
 
-from . import conv_mlp_model, gemm_model, window_conv_model
+from . import conv_mlp_model, gemm_model, pool_mixer_model, window_conv_model
 
 
 @pytest.mark.parametrize("isa, rows, cols, tile", [  # rows: an NHWC conv's image width (a tile stays in one row)
@@ -211,3 +211,34 @@ def test_conv_mlp_stays_unfused_without_microkernels():
     _, _, _, _, mod = prepare(conv_mlp_model(), targets.load("rpi4"))  # ARM: MetaSchedule schedules everything
     assert not any((f.attrs or {}).get(adapter.MLP_ATTR) for _, f in mod.functions_items())
     assert adapter.gemm_microkernel_funcs(mod) == []
+
+
+@pytest.mark.parametrize("target_name, pool, channels, scheduled", [
+    ("x86-avx512", "AveragePool", 32, True),  # the token mixer: pool, subtract, scale, add in one pass
+    ("x86-avx2", "AveragePool", 24, True),    # 3 ymm of channels
+    ("x86-avx512", "MaxPool", 32, True),      # stride 2, -inf padding
+    ("x86-avx512", "AveragePool", 20, False),  # 20 channels are no whole zmm: MetaSchedule's TIR stays
+])
+def test_pooling_is_scheduled_by_hand_and_matches_onnxruntime(tmp_path, target_name, pool, channels, scheduled):
+    from edgevit.backends.tvm import adapter
+
+    model = pool_mixer_model(channels=channels, pool=pool)
+    target = targets.load(target_name)
+    _, _, _, tvm_target, mod = prepare(model, target)
+    pools = [gv.name_hint for gv, f in mod.functions_items() if (f.attrs or {}).get(adapter.POOL_ATTR)]
+    assert len(pools) == int(scheduled)
+    for name in pools:
+        script = mod[name].script()
+        assert "T.parallel" in script and "T.vectorized" in script and "pad_temp" not in script  # padding read in place
+    assert not set(pools) & set(adapter.Tuner(mod, tvm_target).task_names())
+    result = compile_model(model, target, tmp_path, name="pool")
+    parity = result.report["tvm"]["parity"]
+    if host_mismatch(target) is None:
+        assert parity["max_abs"] <= TOLERANCE * parity["ref_range"]
+
+
+def test_pooling_keeps_metaschedule_without_microkernels():
+    from edgevit.backends.tvm import adapter
+
+    _, _, _, _, mod = prepare(pool_mixer_model(), targets.load("rpi4"))
+    assert not any((f.attrs or {}).get(adapter.POOL_ATTR) for _, f in mod.functions_items())

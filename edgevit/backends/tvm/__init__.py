@@ -212,6 +212,10 @@ def prepare(model: onnx.ModelProto, target):
         mlps = sum(bool((f.attrs or {}).get(adapter.MLP_ATTR)) for _, f in mod.functions_items())
         ui.console.print(f"  {len(adapter.gemm_microkernel_funcs(mod))} PrimFunc(s) call the micro-kernels"
                          + (f", {mlps} of them a whole conv MLP (fc1, GELU, fc2 per row tile)" if mlps else ""))
+        with ui.step(f"schedule pooling for {isa}'s vector width"):
+            mod, pools = adapter.apply_pool_schedules(mod, isa)
+        if pools:
+            ui.console.print(f"  {len(pools)} pooling PrimFunc(s) scheduled by edgevit (not tuned)")
     return model, inputs, adapter, tvm_target, mod
 
 

@@ -172,14 +172,15 @@ def apply_database(mod: tvm.IRModule, target: tvm.target.Target, database) -> tv
 
 
 def _flag(func, attr: str) -> bool:
-    """Whether PrimFunc `func` carries the boolean attribute `attr` (SCHEDULED_ATTR, GEMM_ATTR)."""
+    """Whether PrimFunc `func` carries the boolean attribute `attr` (SCHEDULED_ATTR, GEMM_ATTR, POOL_ATTR)."""
     return bool((func.attrs or {}).get(attr, False))
 
 
 def scheduled_count(mod: tvm.IRModule) -> tuple[int, int]:
-    """(PrimFuncs carrying the scheduled attribute, all PrimFuncs), the GEMM micro-kernel ones left out of both:
-    the proof a database was applied."""
-    funcs = [f for _, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc) and not _flag(f, GEMM_ATTR)]
+    """(PrimFuncs carrying the scheduled attribute, all PrimFuncs), those edgevit schedules itself (micro-kernels,
+    pooling) left out of both: the proof a database was applied."""
+    funcs = [f for _, f in mod.functions_items()
+             if isinstance(f, tvm.tirx.PrimFunc) and not _flag(f, GEMM_ATTR) and not _flag(f, POOL_ATTR)]
     return sum(_flag(f, SCHEDULED_ATTR) for f in funcs), len(funcs)
 
 
@@ -362,6 +363,57 @@ def _schedule_gemm(func, isa: str, constants: frozenset = frozenset()):
     return sch.mod["main"].with_attrs({SCHEDULED_ATTR: True, GEMM_ATTR: True})
 
 
+# --- NHWC pooling, scheduled by hand: a vector of channels at a time, the window summed in registers -------------
+POOL_ATTR = "edgevit.pool"  # on each pooling PrimFunc _schedule_pool scheduled
+
+
+def _schedule_pool(func, lanes: int):
+    """`func` — a 2-D pooling window (pool_sum / pool_max, after its padding copy, if any) and the elementwise ops fused
+    after it, e.g. PoolFormer's and EfficientFormer's token mixer x + s·(avgpool(x) - x) — scheduled one output
+    pixel and `lanes` channels at a time: the padding read in place (a branch per window offset, not a padded copy),
+    the window accumulated in registers, everything after it applied before the one store; parallel over rows.
+    Measured on efficientformer_l1 (x86-avx512): 1.3-6x faster than its MetaSchedule database's 32-128 trials per
+    pool. None unless it is that shape, NHWC, with whole vectors of channels."""
+    sch = tvm.s_tir.Schedule(tvm.IRModule({"main": func}))
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    reductions = [i for i, b in enumerate(blocks) if any(int(iv.iter_type) == 2 for iv in sch.get(b).iter_vars)]
+    if len(reductions) != 1 or reductions[0] > 1:
+        return None
+    pool = blocks[reductions[0]]
+    kinds = [int(iv.iter_type) for iv in sch.get(pool).iter_vars]
+    if kinds != [0, 0, 0, 0, 2, 2] or len(sch.get_loops(pool)) != 6:
+        return None
+    # NHWC: the window moves over the middle two axes only, and channel c reads channel c
+    channel = sch.get(pool).iter_vars[3].var
+    read = sch.get(pool).reads
+    if len(read) != 1 or not read[0].region[3].min.same_as(channel) or int(read[0].region[3].extent) != 1:
+        return None
+    try:
+        for b in blocks[:reductions[0]]:
+            sch.compute_inline(b)  # the padding: a branch on each window offset's row and column
+        for b in blocks[reductions[0] + 1:-1]:
+            sch.compute_inline(b)
+        out = blocks[-1] if len(blocks) > reductions[0] + 1 else sch.cache_write(pool, 0, "local")  # a bare pool
+        loops = sch.get_loops(out)
+        if len(loops) != 4 or int(sch.get(loops[-1]).extent) % lanes:
+            return None
+        n, y, x, c = loops
+        co, ci = sch.split(c, [None, lanes])
+        sch.parallel(sch.fuse(n, y))
+        sch.compute_at(pool, co)
+        sch.set_scope(pool, 0, "local")  # one vector: LLVM keeps it in a register
+        channels, ry, rx = sch.get_loops(pool)[-3:]
+        sch.reorder(ry, rx, channels)
+        sch.vectorize(channels)
+        sch.unroll(ry)
+        sch.unroll(rx)
+        sch.vectorize(sch.get_loops(sch.decompose_reduction(pool, ry))[-1])
+        sch.vectorize(ci)
+    except RuntimeError:
+        return None
+    return sch.mod["main"].with_attrs({SCHEDULED_ATTR: True, POOL_ATTR: True})
+
+
 def _constant_params(mod: tvm.IRModule) -> dict[int, frozenset]:
     """structural hash of each PrimFunc -> indices of the parameters every caller passes a constant (weights).
 
@@ -387,6 +439,19 @@ def apply_gemm_microkernels(mod: tvm.IRModule, isa: str) -> tuple[tvm.IRModule, 
     for gv, func in list(mod.functions_items()):
         if isinstance(func, tvm.tirx.PrimFunc):
             scheduled = _schedule_gemm(func, isa, constants.get(structural_hash(func), frozenset()))
+            if scheduled is not None:
+                mod[gv] = scheduled
+                names.append(gv.name_hint)
+    return mod, names
+
+
+def apply_pool_schedules(mod: tvm.IRModule, isa: str) -> tuple[tvm.IRModule, list[str]]:
+    """Every pooling PrimFunc of `mod` that `_schedule_pool` takes, scheduled for `isa`'s vector width; and their
+    names. Like the micro-kernel PrimFuncs, they are marked scheduled: no tuning task, no database record used."""
+    names = []
+    for gv, func in list(mod.functions_items()):
+        if isinstance(func, tvm.tirx.PrimFunc) and not _flag(func, SCHEDULED_ATTR):
+            scheduled = _schedule_pool(func, GEMM_LANES[isa])
             if scheduled is not None:
                 mod[gv] = scheduled
                 names.append(gv.name_hint)
