@@ -18,7 +18,8 @@ from . import conv_mlp_model, gemm_model, pool_mixer_model, window_conv_model
 @pytest.mark.parametrize("isa, rows, cols, tile", [  # rows: an NHWC conv's image width (a tile stays in one row)
     ("avx512", 14, 224, (7, 2)),    # efficientformer_l1 stage 3 fc2: 14 zmm accumulators
     ("avx512", 56, 48, (8, 3)),     # stage 1 fc2: 48 output channels are 3 zmm; 8 pixels divide the width 56
-    ("avx512", 7, 1792, (7, 4)),    # stage 4 fc1: 28 accumulators (B read by the FMAs, A broadcast from memory)
+    ("avx512", 7, 1792, (7, 2)),    # stage 4 fc1: 7x4 would need 33 zmm (28 accumulators, 4 of B, 1 broadcast)
+    ("avx512", 49, 1536, (7, 3)),   # attention qkv: 21 accumulators
     ("avx512", 14, 20, None),       # 20 columns are no whole zmm: MetaSchedule's TIR stays
     ("avx2", 14, 224, (2, 4)),      # 16 ymm registers: at most 12 accumulators
     ("avx2", 56, 48, (4, 3)),
@@ -148,8 +149,8 @@ def test_constant_weights_are_packed_into_panels_at_compile_time():
     _, _, _, _, mod = prepare(gemm_model(channels=64), targets.load("x86-avx512"))
     gemm = adapter.gemm_microkernel_funcs(mod)
     assert all(adapter.PREPACK_ATTR in mod[name].script() for name in gemm)
-    # conv 64→128: HWIO weights [1, 1, 64, 128], tile 7x4 → two [64 x 64] panels
-    assert "T.sblock_alloc_buffer((T.int64(2), T.int64(1), T.int64(1), T.int64(64), T.int64(64)))" in mod.script()
+    # conv 64→128: HWIO weights [1, 1, 64, 128], tile 7x2 → four [64 x 32] panels
+    assert "T.sblock_alloc_buffer((T.int64(4), T.int64(1), T.int64(1), T.int64(64), T.int64(32)))" in mod.script()
 
     folded = adapter.fold_prepacked_weights(mod)
     names = [gv.name_hint for gv in folded.get_global_vars()]

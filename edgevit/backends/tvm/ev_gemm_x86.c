@@ -43,19 +43,20 @@
 #ifdef __cplusplus
 extern "C" {
 #endif
-/* the tiles edgevit's scheduler picks from (adapter.GEMM_TILES): MR rows x NV vectors, at most 28 of the 32 zmm
-   (AVX-512) or 12 of the 16 ymm (AVX2) as accumulators */
+/* the tiles edgevit's scheduler picks from (adapter.GEMM_TILES): MR rows x NV vectors whose MR*NV accumulators, NV
+   vectors of B and one broadcast of A fit the 32 zmm (AVX-512) or 16 ymm (AVX2) registers; past that gcc keeps an
+   accumulator on the stack (7x4: slower than 7x2) */
 AVX512(1, 1) AVX512(1, 2) AVX512(1, 3) AVX512(1, 4)
 AVX512(2, 1) AVX512(2, 2) AVX512(2, 3) AVX512(2, 4)
 AVX512(3, 1) AVX512(3, 2) AVX512(3, 3) AVX512(3, 4)
 AVX512(4, 1) AVX512(4, 2) AVX512(4, 3) AVX512(4, 4)
 AVX512(5, 1) AVX512(5, 2) AVX512(5, 3) AVX512(5, 4)
 AVX512(6, 1) AVX512(6, 2) AVX512(6, 3) AVX512(6, 4)
-AVX512(7, 1) AVX512(7, 2) AVX512(7, 3) AVX512(7, 4)
+AVX512(7, 1) AVX512(7, 2) AVX512(7, 3)
 AVX512(8, 1) AVX512(8, 2) AVX512(8, 3)
 AVX2(1, 1) AVX2(1, 2) AVX2(1, 3) AVX2(1, 4)
 AVX2(2, 1) AVX2(2, 2) AVX2(2, 3) AVX2(2, 4)
-AVX2(3, 1) AVX2(3, 2) AVX2(3, 3) AVX2(3, 4)
+AVX2(3, 1) AVX2(3, 2) AVX2(3, 3)
 AVX2(4, 1) AVX2(4, 2) AVX2(4, 3)
 AVX2(5, 1) AVX2(5, 2)
 AVX2(6, 1) AVX2(6, 2)
