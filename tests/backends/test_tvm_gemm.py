@@ -15,6 +15,13 @@ from edgevit.backends.tvm import TOLERANCE, compile_model, host_mismatch, prepar
 from . import conv_mlp_model, gemm_model, pool_mixer_model, window_conv_model
 
 
+def _assert_compiles_to_onnxruntime(model: onnx.ModelProto, target, out_dir, name: str) -> None:
+    """compile_model succeeds (its own parity check passes) and, on this host, reports a parity within TOLERANCE."""
+    parity = compile_model(model, target, out_dir, name=name).report["tvm"]["parity"]
+    if host_mismatch(target) is None:
+        assert parity["max_abs"] <= TOLERANCE * parity["ref_range"]
+
+
 @pytest.mark.parametrize("isa, rows, cols, tile", [  # rows: an NHWC conv's image width (a tile stays in one row)
     ("avx512", 14, 224, (7, 2)),    # efficientformer_l1 stage 3 fc2: 14 zmm accumulators
     ("avx512", 56, 48, (8, 3)),     # stage 1 fc2: 48 output channels are 3 zmm; 8 pixels divide the width 56
@@ -126,10 +133,7 @@ def test_gelu_is_one_vectorizable_polynomial(blocked, domain):
 def test_edgevit_gelu_compiles_to_what_onnxruntime_computes(tmp_path):
     """edgevit.Gelu reaches TVM as com.microsoft.Gelu: compile's parity check against onnxruntime holds."""
     target = targets.load("x86-avx512")
-    result = compile_model(_canonical_gelu_model(blocked=True), target, tmp_path, name="gelu")
-    parity = result.report["tvm"]["parity"]
-    if host_mismatch(target) is None:
-        assert parity["max_abs"] <= TOLERANCE * parity["ref_range"]
+    _assert_compiles_to_onnxruntime(_canonical_gelu_model(blocked=True), target, tmp_path, "gelu")
 
 
 def _activation_matmul_model() -> onnx.ModelProto:
@@ -177,10 +181,7 @@ def test_3x3_convs_on_the_microkernels_match_onnxruntime(tmp_path, target_name, 
     target = targets.load(target_name)
     _, _, _, _, mod = prepare(model, target)
     assert len(adapter.gemm_microkernel_funcs(mod)) == int(on_kernels)
-    result = compile_model(model, target, tmp_path, name="conv")
-    parity = result.report["tvm"]["parity"]
-    if host_mismatch(target) is None:
-        assert parity["max_abs"] <= TOLERANCE * parity["ref_range"]
+    _assert_compiles_to_onnxruntime(model, target, tmp_path, "conv")
 
 
 @pytest.mark.parametrize("target_name, width, channels, activation, fused", [
@@ -200,10 +201,7 @@ def test_conv_mlp_fuses_into_one_primfunc_that_matches_onnxruntime(tmp_path, tar
     assert len(mlps) == int(fused)
     assert len(adapter.gemm_microkernel_funcs(mod)) == (1 if fused else 2)
     assert not set(mlps) & set(adapter.Tuner(mod, tvm_target).task_names())
-    result = compile_model(model, target, tmp_path, name="mlp")
-    parity = result.report["tvm"]["parity"]
-    if host_mismatch(target) is None:
-        assert parity["max_abs"] <= TOLERANCE * parity["ref_range"]
+    _assert_compiles_to_onnxruntime(model, target, tmp_path, "mlp")
 
 
 def test_conv_mlp_stays_unfused_without_microkernels():
@@ -232,10 +230,7 @@ def test_pooling_is_scheduled_by_hand_and_matches_onnxruntime(tmp_path, target_n
         script = mod[name].script()
         assert "T.parallel" in script and "T.vectorized" in script and "pad_temp" not in script  # padding read in place
     assert not set(pools) & set(adapter.Tuner(mod, tvm_target).task_names())
-    result = compile_model(model, target, tmp_path, name="pool")
-    parity = result.report["tvm"]["parity"]
-    if host_mismatch(target) is None:
-        assert parity["max_abs"] <= TOLERANCE * parity["ref_range"]
+    _assert_compiles_to_onnxruntime(model, target, tmp_path, "pool")
 
 
 def test_pooling_keeps_metaschedule_without_microkernels():
