@@ -373,10 +373,11 @@ POOL_ATTR = "edgevit.pool"  # on each pooling PrimFunc _schedule_pool scheduled
 def _schedule_pool(func, lanes: int):
     """`func` — a 2-D pooling window (pool_sum / pool_max, after its padding copy, if any) and the elementwise ops fused
     after it, e.g. PoolFormer's and EfficientFormer's token mixer x + s·(avgpool(x) - x) — scheduled one output
-    pixel and `lanes` channels at a time: the padding read in place (a branch per window offset, not a padded copy),
-    the window accumulated in registers, everything after it applied before the one store; parallel over rows.
-    Measured on efficientformer_l1 (x86-avx512): 1.3-6x faster than its MetaSchedule database's 32-128 trials per
-    pool. None unless it is that shape, NHWC, with whole vectors of channels."""
+    pixel and `lanes` channels at a time: the padding read in place (bounds checked per window offset, no padded
+    copy), the window accumulated in a register, everything after it applied before the one store; parallel over
+    rows. efficientformer_l1's token mixers on x86-avx512, each timed alone: 1.6-1.9x faster than its database's
+    schedules (32-128 trials) in stages 1, 2 and 4, even in stage 3; no tuning needed. None unless it is that
+    shape, NHWC, with whole vectors of channels."""
     sch = tvm.s_tir.Schedule(tvm.IRModule({"main": func}))
     blocks = sch.get_child_blocks(sch.get_sblock("root"))
     reductions = [i for i, b in enumerate(blocks) if any(int(iv.iter_type) == 2 for iv in sch.get(b).iter_vars)]
