@@ -438,24 +438,23 @@ def apply_gemm_microkernels(mod: tvm.IRModule, isa: str) -> tuple[tvm.IRModule, 
     """Every PrimFunc of `mod` that `_schedule_gemm` takes, scheduled onto the `isa` ("avx512" or "avx2")
     micro-kernels; and their names. The library must then be linked with GEMM_SOURCE (export_library(...,
     gemm=True)); a database applied afterwards leaves these PrimFuncs alone (they are marked scheduled)."""
-    names = []
     constants = _constant_params(mod)
-    for gv, func in list(mod.functions_items()):
-        if isinstance(func, tvm.tirx.PrimFunc):
-            scheduled = _schedule_gemm(func, isa, constants.get(structural_hash(func), frozenset()))
-            if scheduled is not None:
-                mod[gv] = scheduled
-                names.append(gv.name_hint)
-    return mod, names
+    return _reschedule(mod, lambda func: _schedule_gemm(func, isa, constants.get(structural_hash(func), frozenset())))
 
 
 def apply_pool_schedules(mod: tvm.IRModule, isa: str) -> tuple[tvm.IRModule, list[str]]:
     """Every pooling PrimFunc of `mod` that `_schedule_pool` takes, scheduled for `isa`'s vector width; and their
     names. Like the micro-kernel PrimFuncs, they are marked scheduled: no tuning task, no database record used."""
+    return _reschedule(mod, lambda func: _schedule_pool(func, GEMM_LANES[isa]))
+
+
+def _reschedule(mod: tvm.IRModule, schedule) -> tuple[tvm.IRModule, list[str]]:
+    """`mod` with each PrimFunc not yet scheduled replaced by `schedule(func)` where that is not None; and the
+    names of those replaced."""
     names = []
     for gv, func in list(mod.functions_items()):
         if isinstance(func, tvm.tirx.PrimFunc) and not _flag(func, SCHEDULED_ATTR):
-            scheduled = _schedule_pool(func, GEMM_LANES[isa])
+            scheduled = schedule(func)
             if scheduled is not None:
                 mod[gv] = scheduled
                 names.append(gv.name_hint)
